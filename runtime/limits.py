@@ -1,0 +1,47 @@
+"""Fit HAProxy's connection limits to the open-file limit the host allows.
+
+HAProxy needs about two descriptors per connection (client and server side) plus some
+for listeners, checks and logs. With an explicit global ``maxconn`` that needs more than
+the hard limit, HAProxy 3.0 refuses to start ("Cannot raise FD limit"). Many hosts and
+container runtimes cap descriptors well below what the original default
+(HAPROXY_MAXCONN_GLOBAL=50000) needs, so the limit is lowered to fit, and said once.
+"""
+
+from __future__ import annotations
+
+import resource
+from dataclasses import dataclass
+
+# Descriptors kept aside for listeners, health checks, the admin socket and logs.
+RESERVED_FDS = 1000
+
+
+@dataclass(frozen=True)
+class Limits:
+    maxconn_global: int
+    maxconn: int
+    nofile: int
+    fitted: bool  # True when the asked-for values had to be lowered
+
+    def describe(self, asked_global: int) -> str:
+        if not self.fitted:
+            return f"open-file limit {self.nofile} allows maxconn {asked_global}"
+        return (
+            f"open-file limit {self.nofile} allows at most maxconn {self.maxconn_global}: "
+            f"using it instead of HAPROXY_MAXCONN_GLOBAL={asked_global}"
+        )
+
+
+def fit(maxconn_global: int, maxconn: int, nofile: int | None = None) -> Limits:
+    """Largest global and per-frontend maxconn, at most as asked, that fit ``nofile``."""
+    if nofile is None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        nofile = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    allowed = max(1, (nofile - RESERVED_FDS) // 2)
+    fitted_global = min(maxconn_global, allowed)
+    return Limits(
+        maxconn_global=fitted_global,
+        maxconn=min(maxconn, fitted_global),
+        nofile=nofile,
+        fitted=fitted_global < maxconn_global,
+    )

@@ -1,0 +1,158 @@
+"""HAPROXY_* environment -> typed settings, with the defaults of the original design.
+
+Every problem is collected and reported at once, so an operator fixes a bad deployment
+in one round instead of one variable per restart.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from runtime.durations import DurationError, parse_duration, parse_wait
+
+# HAProxy time format: a number with an optional unit (milliseconds without one).
+HAPROXY_TIME = re.compile(r"^[0-9]{1,9}(us|ms|s|m|h|d)?$")
+DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+RELOAD_STRATEGIES = ("seamless",)
+
+
+class SettingsError(ValueError):
+    """One or more variables are missing or invalid; the message lists all of them."""
+
+
+def is_dns_name(value: str) -> bool:
+    """A lower-case DNS name of at most 253 characters (labels separated by dots)."""
+    return 0 < len(value) <= 253 and all(DNS_LABEL.match(label) for label in value.split("."))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the HAProxy mode reads from its environment."""
+
+    domain: str
+    maxconn_global: int = 50000
+    spread_checks: int = 5
+    max_spread_checks: int = 15000
+    retries: int = 3
+    backlog: int = 10000
+    maxconn: int = 10000
+    timeout_connect: str = "3s"
+    timeout_client: str = "30s"
+    timeout_server: str = "30s"
+    timeout_http_keep_alive: str = "1s"
+    timeout_http_request: str = "15s"
+    timeout_queue: str = "30s"
+    http_port: int = 8080
+    stats_port: int = 4444
+    reload_strategy: str = "seamless"
+    # Quiescence window for rendering (consul-template's `wait min:max`), seconds.
+    render_wait_min: float = 0.1
+    render_wait_max: float = 1.0
+    # Seconds the health URI reports "down" before HAProxy soft-stops on SIGTERM.
+    drain_seconds: float = 5.0
+    hard_stop_after: str = "30s"
+    state_dir: Path = Path("/var/lib/consul-lb")
+
+    def public(self) -> dict[str, Any]:
+        """Settings as plain values (for the dry run and the state endpoint)."""
+        return {f.name: str(getattr(self, f.name)) for f in fields(self)}
+
+
+def _int(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        if not re.fullmatch(r"[0-9]{1,10}", raw):
+            raise ValueError(f"expected a whole number, got {raw!r}")
+        value = int(raw)
+        if not low <= value <= high:
+            raise ValueError(f"expected {low}..{high}, got {value}")
+        return value
+
+    return parse
+
+
+def _haproxy_time(raw: str) -> str:
+    if not HAPROXY_TIME.match(raw):
+        raise ValueError(f"expected an HAProxy time such as 500ms, 3s or 1m, got {raw!r}")
+    return raw
+
+
+def _domain(raw: str) -> str:
+    value = raw.strip().rstrip(".").lower()
+    if not is_dns_name(value):
+        raise ValueError(f"expected a DNS name such as example.com, got {raw!r}")
+    return value
+
+
+def _strategy(raw: str) -> str:
+    if raw not in RELOAD_STRATEGIES:
+        raise ValueError(f"expected one of {', '.join(RELOAD_STRATEGIES)}, got {raw!r}")
+    return raw
+
+
+def _seconds(raw: str) -> float:
+    try:
+        return parse_duration(raw)
+    except DurationError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+PORT = _int(1, 65535)
+
+# variable -> (field, parser). The defaults live on the dataclass.
+VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "HAPROXY_MAXCONN_GLOBAL": ("maxconn_global", _int(1, 10_000_000)),
+    "HAPROXY_SPREAD_CHECKS": ("spread_checks", _int(0, 50)),
+    "HAPROXY_MAX_SPREAD_CHECKS": ("max_spread_checks", _int(0, 3_600_000)),
+    "HAPROXY_RETRIES": ("retries", _int(0, 100)),
+    "HAPROXY_BACKLOG": ("backlog", _int(1, 1_000_000)),
+    "HAPROXY_MAXCONN": ("maxconn", _int(1, 10_000_000)),
+    "HAPROXY_TIMEOUT_CONNECT": ("timeout_connect", _haproxy_time),
+    "HAPROXY_TIMEOUT_CLIENT": ("timeout_client", _haproxy_time),
+    "HAPROXY_TIMEOUT_SERVER": ("timeout_server", _haproxy_time),
+    "HAPROXY_TIMEOUT_HTTP_KEEP_ALIVE": ("timeout_http_keep_alive", _haproxy_time),
+    "HAPROXY_TIMEOUT_HTTP_REQUEST": ("timeout_http_request", _haproxy_time),
+    "HAPROXY_TIMEOUT_QUEUE": ("timeout_queue", _haproxy_time),
+    "HAPROXY_HTTP_PORT": ("http_port", PORT),
+    "HAPROXY_STATS_PORT": ("stats_port", PORT),
+    "HAPROXY_RELOAD_STRATEGY": ("reload_strategy", _strategy),
+    "HAPROXY_DRAIN_SECONDS": ("drain_seconds", _seconds),
+    "HAPROXY_HARD_STOP_AFTER": ("hard_stop_after", _haproxy_time),
+    "CONSUL_LB_STATE_DIR": ("state_dir", Path),
+}
+
+
+def from_env(env: Mapping[str, str]) -> Settings:
+    """Read the settings; raise SettingsError naming every bad or missing variable."""
+    errors: list[str] = []
+    values: dict[str, Any] = {}
+    raw_dom = env.get("HAPROXY_DOM", "").strip()
+    if not raw_dom:
+        errors.append("HAPROXY_DOM is required: the domain services are published under")
+    else:
+        try:
+            values["domain"] = _domain(raw_dom)
+        except ValueError as exc:
+            errors.append(f"HAPROXY_DOM: {exc}")
+    for name, (field, parse) in VARIABLES.items():
+        raw = env.get(name)
+        if raw is None or raw.strip() == "":
+            continue
+        try:
+            values[field] = parse(raw.strip())
+        except ValueError as exc:
+            errors.append(f"{name}: {exc}")
+    raw_wait = env.get("HAPROXY_RENDER_WAIT", "").strip()
+    if raw_wait:
+        try:
+            values["render_wait_min"], values["render_wait_max"] = parse_wait(raw_wait)
+        except DurationError as exc:
+            errors.append(f"HAPROXY_RENDER_WAIT: {exc}")
+    if values.get("http_port", 8080) == values.get("stats_port", 4444):
+        errors.append("HAPROXY_HTTP_PORT and HAPROXY_STATS_PORT must differ")
+    if errors:
+        raise SettingsError("invalid configuration:\n  " + "\n  ".join(errors))
+    return Settings(**values)

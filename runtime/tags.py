@@ -1,0 +1,121 @@
+"""``HAPROXY.*`` service tags -> typed per-service options.
+
+Every value is checked against a closed pattern before it can reach the template, so a
+tag can never carry whitespace, a newline, a ``#`` or a quote into haproxy.cfg. Tags that
+do not start with ``HAPROXY.`` belong to someone else and are ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+PREFIX = "HAPROXY."
+PROTOCOLS = ("http", "tcp")
+# HAProxy's balance algorithms that take no argument, plus the argument forms below.
+BALANCE_SIMPLE = (
+    "first",
+    "leastconn",
+    "random",
+    "rdp-cookie",
+    "roundrobin",
+    "source",
+    "static-rr",
+    "uri",
+)
+BALANCE_ARG = re.compile(r"^(hdr|rdp-cookie)\([A-Za-z0-9_-]{1,64}\)$|^url_param [A-Za-z0-9_-]{1,64}$")
+# Ports HAProxy itself listens on in every configuration.
+MAX_PORT = 65535
+
+
+class TagError(ValueError):
+    """A service's tags cannot be published; the message says which tag and why."""
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    enabled: bool = False
+    protocol: str = "http"
+    balance: str = "roundrobin"
+    maxconn: int | None = None
+    frontend_port: int | None = None
+
+
+def _bool(raw: str) -> bool:
+    if raw.lower() in {"true", "false"}:
+        return raw.lower() == "true"
+    raise TagError(f"expected true or false, got {raw!r}")
+
+
+def _protocol(raw: str) -> str:
+    if raw in PROTOCOLS:
+        return raw
+    raise TagError(f"expected one of {', '.join(PROTOCOLS)}, got {raw!r}")
+
+
+def _balance(raw: str) -> str:
+    if raw in BALANCE_SIMPLE or BALANCE_ARG.match(raw):
+        return raw
+    raise TagError(
+        f"unknown balance algorithm {raw!r}; expected one of {', '.join(BALANCE_SIMPLE)}, "
+        "hdr(<name>), rdp-cookie(<name>) or 'url_param <name>'"
+    )
+
+
+def _bounded_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        if not re.fullmatch(r"[0-9]{1,7}", raw) or not low <= int(raw) <= high:
+            raise TagError(f"expected a whole number {low}..{high}, got {raw!r}")
+        return int(raw)
+
+    return parse
+
+
+# tag key (after the prefix) -> (field of ServiceOptions, parser)
+TAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "ENABLE": ("enabled", _bool),
+    "PROTOCOL": ("protocol", _protocol),
+    "BACKEND.BALANCE": ("balance", _balance),
+    "BACKEND.MAXCONN": ("maxconn", _bounded_int(1, 1_000_000)),
+    "FRONTEND.PORT": ("frontend_port", _bounded_int(1, MAX_PORT)),
+}
+
+
+def parse_tags(tags: Iterable[str]) -> ServiceOptions:
+    """Options from a service's tags; TagError for unknown, malformed or conflicting tags."""
+    values: dict[str, Any] = {}
+    seen: dict[str, str] = {}
+    for tag in sorted(set(tags)):
+        if not tag.startswith(PREFIX):
+            continue
+        key, sep, raw = tag[len(PREFIX) :].partition("=")
+        shown = _printable(tag)
+        if not sep:
+            raise TagError(f"tag {shown} has no '=value'")
+        if key not in TAGS:
+            raise TagError(f"unknown tag {shown} (known: {', '.join(PREFIX + k for k in TAGS)})")
+        if key in seen and seen[key] != raw:
+            raise TagError(
+                f"conflicting tags {PREFIX}{key}={_printable(seen[key])} and {shown}"
+            )
+        seen[key] = raw
+        field, parse = TAGS[key]
+        try:
+            values[field] = parse(raw)
+        except TagError as exc:
+            raise TagError(f"tag {shown}: {exc}") from None
+    options = ServiceOptions(**values)
+    if options.protocol == "http" and options.frontend_port is not None:
+        raise TagError(
+            "HAPROXY.FRONTEND.PORT applies to tcp services; http services are routed "
+            "by Host header on the shared frontend"
+        )
+    return options
+
+
+def _printable(text: str, limit: int = 80) -> str:
+    """A tag as it can be shown in one log line: control characters escaped, cut short."""
+    shown = text.encode("unicode_escape").decode("ascii")
+    return repr(shown[:limit] + ("..." if len(shown) > limit else ""))
