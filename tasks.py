@@ -13,7 +13,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from invoke import Context, Exit, task
+from invoke.context import Context
+from invoke.exceptions import Exit
+from invoke.tasks import task
 
 from devtools import images
 
@@ -34,8 +36,12 @@ def _fail(exc: BaseException) -> Exit:
     return Exit(f"error: {exc}", code=1)
 
 
-@task(help={"base_image": "Debian trixie image to build FROM (default: debian:trixie-slim, "
-                          "bootstrapped with mmdebstrap when it cannot be pulled)"})
+@task(
+    help={
+        "base_image": "Debian trixie image to build FROM (default: debian:trixie-slim, "
+        "bootstrapped with mmdebstrap when it cannot be pulled)"
+    }
+)
 def base(c: Context, base_image: str = images.OFFICIAL_BASE) -> None:
     """Make the Debian base image and the Consul image available (pull or build locally)."""
     try:
@@ -139,17 +145,13 @@ def _demo_env(namespace: str, tag: str, consul: str) -> dict[str, str]:
         "BACKEND_IMAGE": names.ref("consul-template"),
         "HAPROXY_DOM": DEMO_DOMAIN,
         "CONSUL_HTTP_ADDR": consul or "consul:8500",
-        "CONSUL_IMAGE": images.ensure_consul_image(
-            client, images.ensure_debian_base(client)
-        ),
+        "CONSUL_IMAGE": images.ensure_consul_image(client, images.ensure_debian_base(client)),
     }
     return env
 
 
 def _consul_put(base_url: str, path: str, body: dict[str, object]) -> None:
-    req = urllib.request.Request(
-        f"{base_url}{path}", data=json.dumps(body).encode(), method="PUT"
-    )
+    req = urllib.request.Request(f"{base_url}{path}", data=json.dumps(body).encode(), method="PUT")
     with urllib.request.urlopen(req, timeout=5):
         pass
 
@@ -219,7 +221,9 @@ def demo(
     print(f"==> HAProxy answers for {host}: {body.decode()[:200]}")
     print("==> try it:")
     print(f"    curl -H 'Host: {host}' http://127.0.0.1:8080/")
-    print("    stats page: http://127.0.0.1:4444/   health: http://127.0.0.1:4444/_haproxy_health_check")
+    print(
+        "    stats page: http://127.0.0.1:4444/   health: http://127.0.0.1:4444/_haproxy_health_check"
+    )
     print("    stop it:    ./dev demo --down")
 
 

@@ -170,15 +170,29 @@ def build_wheelhouse(dest: Path, python_version: str = IMAGE_PYTHON) -> None:
     for old in dest.glob("*.whl"):
         old.unlink()
     pip = [sys.executable, "-m", "pip", "--quiet", "--disable-pip-version-check"]
-    run_checked([*pip, "wheel", "--no-deps", "--wheel-dir", str(dest), str(ROOT)],
-                "building the runtime's wheel")
+    run_checked(
+        [*pip, "wheel", "--no-deps", "--wheel-dir", str(dest), str(ROOT)],
+        "building the runtime's wheel",
+    )
     machine = platform.machine()
     deps = [str(d) for d in runtime_dependencies()]
     run_checked(
-        [*pip, "download", "--dest", str(dest), "--only-binary=:all:",
-         "--python-version", python_version, "--implementation", "cp",
-         "--platform", f"manylinux2014_{machine}", "--platform", f"manylinux_2_28_{machine}",
-         *deps],
+        [
+            *pip,
+            "download",
+            "--dest",
+            str(dest),
+            "--only-binary=:all:",
+            "--python-version",
+            python_version,
+            "--implementation",
+            "cp",
+            "--platform",
+            f"manylinux2014_{machine}",
+            "--platform",
+            f"manylinux_2_28_{machine}",
+            *deps,
+        ],
         f"downloading wheels for Python {python_version}",
     )
 
@@ -197,7 +211,9 @@ def stream_build_log(chunks: Iterable[Mapping[str, Any]], show: Progress) -> str
         if "error" in chunk:
             detail = chunk.get("errorDetail", {}).get("message") or chunk["error"]
             context = " | ".join(line for line in last_lines[-3:] if line)
-            raise ImageError(f"{detail.strip()}" + (f"\n  last output: {context}" if context else ""))
+            raise ImageError(
+                f"{detail.strip()}" + (f"\n  last output: {context}" if context else "")
+            )
         text = chunk.get("stream")
         if text:
             for line in text.rstrip("\n").splitlines():
@@ -258,8 +274,11 @@ def build_all(c: docker.DockerClient, names: ImageNames, base: str, version: str
         ROOT / "images" / "haproxy",
         names.ref("haproxy"),
         {"BASE_IMAGE": ct},
-        {**labels, "org.opencontainers.image.title": "haproxy",
-         "org.opencontainers.image.base.name": ct},
+        {
+            **labels,
+            "org.opencontainers.image.title": "haproxy",
+            "org.opencontainers.image.base.name": ct,
+        },
         names.tags("haproxy")[1:],
     )
 

@@ -51,7 +51,9 @@ class Catalog:
     ) -> Catalog:
         return cls(
             tuple(
-                Service(name, tuple(sorted(set(tags[name]))), tuple(sorted(instances.get(name, ()))))
+                Service(
+                    name, tuple(sorted(set(tags[name]))), tuple(sorted(instances.get(name, ())))
+                )
                 for name in sorted(tags)
             )
         )

@@ -67,8 +67,10 @@ class Applier:
         result = check(files)
         if not result.ok:
             self.failed_validations += 1
-            log.error("new configuration rejected by haproxy -c, keeping the running one: %s",
-                      result.message)
+            log.error(
+                "new configuration rejected by haproxy -c, keeping the running one: %s",
+                result.message,
+            )
             return False
         install(files, self.paths)
         self.current = files

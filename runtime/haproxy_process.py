@@ -62,8 +62,10 @@ class Haproxy:
             self.binary,
             "-W",  # master-worker
             "-db",  # stay in the foreground, under the runtime
-            "-S", f"{self.paths.master_socket},mode,600",
-            "-f", str(self.paths.config),
+            "-S",
+            f"{self.paths.master_socket},mode,600",
+            "-f",
+            str(self.paths.config),
         ]
 
     def start(self) -> None:

@@ -35,7 +35,7 @@ class Limits:
 def fit(maxconn_global: int, maxconn: int, nofile: int | None = None) -> Limits:
     """Largest global and per-frontend maxconn, at most as asked, that fit ``nofile``."""
     if nofile is None:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         nofile = hard if hard != resource.RLIM_INFINITY else 1 << 20
     allowed = max(1, (nofile - RESERVED_FDS) // 2)
     fitted_global = min(maxconn_global, allowed)

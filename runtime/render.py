@@ -33,7 +33,7 @@ def environment(search_path: list[Path] | tuple[Path, ...]) -> jinja2.Environmen
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader([str(p) for p in search_path]),
         undefined=jinja2.StrictUndefined,
-        autoescape=False,  # noqa: S701 - output is haproxy.cfg, not HTML
+        autoescape=False,  # the output is haproxy.cfg, not HTML
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,

@@ -25,7 +25,9 @@ BALANCE_SIMPLE = (
     "static-rr",
     "uri",
 )
-BALANCE_ARG = re.compile(r"^(hdr|rdp-cookie)\([A-Za-z0-9_-]{1,64}\)$|^url_param [A-Za-z0-9_-]{1,64}$")
+BALANCE_ARG = re.compile(
+    r"^(hdr|rdp-cookie)\([A-Za-z0-9_-]{1,64}\)$|^url_param [A-Za-z0-9_-]{1,64}$"
+)
 # Ports HAProxy itself listens on in every configuration.
 MAX_PORT = 65535
 
@@ -97,9 +99,7 @@ def parse_tags(tags: Iterable[str]) -> ServiceOptions:
         if key not in TAGS:
             raise TagError(f"unknown tag {shown} (known: {', '.join(PREFIX + k for k in TAGS)})")
         if key in seen and seen[key] != raw:
-            raise TagError(
-                f"conflicting tags {PREFIX}{key}={_printable(seen[key])} and {shown}"
-            )
+            raise TagError(f"conflicting tags {PREFIX}{key}={_printable(seen[key])} and {shown}")
         seen[key] = raw
         field, parse = TAGS[key]
         try:

@@ -155,8 +155,12 @@ class BlockingQuery:
             new_index = int(raw_index or 0)
             if index is not None and new_index < index:
                 # Consul lost its state (restart, new data dir): start over without blocking.
-                log.info("%s: Consul index went backwards (%d -> %d), resetting",
-                         self.name, index, new_index)
+                log.info(
+                    "%s: Consul index went backwards (%d -> %d), resetting",
+                    self.name,
+                    index,
+                    new_index,
+                )
                 index = None
                 continue
             # Consul documents index 0 as invalid for blocking; clamp to 1.
@@ -212,7 +216,9 @@ class CatalogWatcher:
                 q.stop()
 
     def _on_services(self, data: dict[str, list[str]]) -> None:
-        tags = {name: tuple(sorted(set(t))) for name, t in data.items() if self.wanted(name, tuple(t))}
+        tags = {
+            name: tuple(sorted(set(t))) for name, t in data.items() if self.wanted(name, tuple(t))
+        }
         with self.lock:
             self.tags = tags
             for name in sorted(set(self.health) - set(tags)):
@@ -250,9 +256,7 @@ class CatalogWatcher:
         with self.lock:
             return Catalog.build(self.tags or {}, self.instances)
 
-    def changes(
-        self, wait_min: float, wait_max: float, stop: threading.Event
-    ) -> Iterator[Catalog]:
+    def changes(self, wait_min: float, wait_max: float, stop: threading.Event) -> Iterator[Catalog]:
         """Snapshots after each burst of changes: one is taken when nothing changed for
         ``wait_min`` seconds, or ``wait_max`` seconds after the burst began (quiescence,
         consul-template's ``wait``)."""
