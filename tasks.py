@@ -7,6 +7,7 @@ or with ``invoke TASK`` from the project's virtualenv.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -234,3 +235,61 @@ def clean(c: Context, all: bool = False) -> None:
     if all:
         for ref in (images.LOCAL_BASE, images.LOCAL_CONSUL):
             c.run(f"docker image rm -f {ref}", warn=True)
+
+
+@task(
+    help={
+        "marathon": "Marathon's base URL, e.g. http://marathon.example.org:8080 (required)",
+        "app_id": "Marathon app id (default /consul-lb/haproxy)",
+        "instances": "number of HAProxy instances (default: the shipped definition's)",
+        "namespace": "image namespace",
+        "tag": "image tag",
+        "strategy": "reload strategy: seamless (default) or syn-drop (adds NET_ADMIN)",
+        "domain": "HAPROXY_DOM for the instances (default: the shipped definition's)",
+        "consul_addr": "CONSUL_HTTP_ADDR for the instances (default 127.0.0.1:8500)",
+        "force": "replace a deployment of this app that is still in progress",
+        "timeout": "seconds to follow the deployment before giving up (default 600)",
+        "user": "HTTP basic auth USER:PASS (or MARATHON_USER/MARATHON_PASSWORD; "
+        "MARATHON_TOKEN for a DC/OS token)",
+    }
+)
+def deploy(
+    c: Context,
+    marathon: str,
+    app_id: str = "",
+    instances: int = 0,
+    namespace: str = DEFAULT_NAMESPACE,
+    tag: str = DEFAULT_TAG,
+    strategy: str = "seamless",
+    domain: str = "",
+    consul_addr: str = "",
+    force: bool = False,
+    timeout: float = 600.0,
+    user: str = "",
+) -> None:
+    """Render and validate the Marathon app definition, PUT it, follow the deployment."""
+    from devtools import marathon as mt
+
+    try:
+        app = mt.render_app(
+            app_id=app_id or mt.DEFAULT_APP_ID,
+            instances=instances or int(mt.load_app()["instances"]),
+            image=mt.image_reference(namespace, tag),
+            strategy=strategy,
+            domain=domain or None,
+            consul_addr=consul_addr or None,
+        )
+        mt.validate_app(app)
+        auth, token = mt.credentials(user or None, os.environ)
+        mt.deploy(
+            marathon_url=marathon,
+            app=app,
+            force=force,
+            timeout=timeout,
+            poll_interval=2.0,
+            auth=auth,
+            token=token,
+            progress=print,
+        )
+    except (mt.AppDefinitionError, mt.DeployError, ValueError) as exc:
+        raise _fail(exc) from None

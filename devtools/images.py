@@ -313,7 +313,9 @@ def push(c: docker.DockerClient, local_ref: str, remote_ref: str, show: Progress
         stream = c.api.push(repo, tag=tag, stream=True, decode=True)
         digest = push_progress(stream, show)
     except docker.errors.APIError as exc:
-        raise ImageError(f"push of {remote_ref} refused: {exc.explanation or exc}") from exc
+        raise ImageError(f"push of {remote_ref} failed: {exc.explanation or exc}") from exc
+    except ImageError as exc:
+        raise ImageError(f"push of {remote_ref} failed: {exc}") from exc
     say(f"==> pushed {remote_ref}@{digest}")
     return digest
 

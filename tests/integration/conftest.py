@@ -1,0 +1,152 @@
+"""Integration fixtures: one real stack (Consul, the HAProxy image, sample backends) per
+test session through pytest-docker, and a Consul client that cleans up after each test."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+import requests
+from pytest_docker.plugin import Services
+
+from devtools import images
+
+HERE = Path(__file__).resolve().parent
+DOMAIN = "test.local"
+
+
+def image_names() -> images.ImageNames:
+    return images.ImageNames(
+        os.environ.get("CONSUL_LB_IMAGE_NAMESPACE", "consul-lb"),
+        os.environ.get("CONSUL_LB_IMAGE_TAG", "latest"),
+    )
+
+
+@pytest.fixture(scope="session")
+def docker_compose_file() -> str:
+    client = images.client()
+    names = image_names()
+    for name in ("haproxy", "consul-template"):
+        if not images.image_exists(client, names.ref(name)):
+            pytest.fail(f"{names.ref(name)} is missing: run `invoke test` (it builds the images)")
+    os.environ["HAPROXY_IMAGE"] = names.ref("haproxy")
+    os.environ["BACKEND_IMAGE"] = names.ref("consul-template")
+    os.environ["CONSUL_IMAGE"] = images.ensure_consul_image(
+        client, images.ensure_debian_base(client)
+    )
+    return str(HERE / "compose.yaml")
+
+
+@pytest.fixture(scope="session")
+def docker_compose_project_name() -> str:
+    return f"consul-lb-it-{os.getpid()}"
+
+
+@pytest.fixture(scope="session")
+def docker_cleanup() -> list[str]:
+    return ["down -v --remove-orphans --timeout 5"]
+
+
+def wait_until(
+    check: Callable[[], Any], timeout: float = 15.0, interval: float = 0.1, what: str = ""
+) -> Any:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except requests.RequestException as exc:
+            last = exc
+        if last:
+            return last
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout}s waiting for {what or check}: last={last!r}")
+
+
+class Stack:
+    """The running test stack: addresses of its parts and helpers to drive Consul."""
+
+    def __init__(self, services: Services, project: str) -> None:
+        self.project = project
+        self.consul = f"http://127.0.0.1:{services.port_for('consul', 8500)}"
+        self.http = f"http://127.0.0.1:{services.port_for('haproxy', 8080)}"
+        self.stats = f"http://127.0.0.1:{services.port_for('haproxy', 4444)}"
+        self.tcp_port = services.port_for("haproxy", 9000)
+        self.docker = docker.from_env()
+        self.registered: list[str] = []
+
+    def container(self, service: str) -> Any:
+        return self.docker.containers.get(f"{self.project}-{service}-1")
+
+    def ip(self, service: str) -> str:
+        networks = self.container(service).attrs["NetworkSettings"]["Networks"]
+        return str(next(iter(networks.values()))["IPAddress"])
+
+    def register(
+        self,
+        service_id: str,
+        name: str,
+        backend: str,
+        tags: list[str],
+        port: int = 8000,
+        check: dict[str, Any] | None = None,
+    ) -> None:
+        body: dict[str, Any] = {
+            "ID": service_id,
+            "Name": name,
+            "Address": self.ip(backend),
+            "Port": port,
+            "Tags": tags,
+        }
+        if check:
+            body["Check"] = check
+        r = requests.put(f"{self.consul}/v1/agent/service/register", json=body, timeout=5)
+        r.raise_for_status()
+        self.registered.append(service_id)
+
+    def deregister(self, service_id: str) -> None:
+        r = requests.put(f"{self.consul}/v1/agent/service/deregister/{service_id}", timeout=5)
+        r.raise_for_status()
+
+    def ttl(self, service_id: str, status: str) -> None:
+        """Set a TTL check's status: pass, warn or fail."""
+        r = requests.put(f"{self.consul}/v1/agent/check/{status}/service:{service_id}", timeout=5)
+        r.raise_for_status()
+
+    def get(self, host: str, path: str = "/") -> requests.Response:
+        return requests.get(f"{self.http}{path}", headers={"Host": host}, timeout=5)
+
+    def backend_of(self, host: str) -> str | None:
+        """Which sample backend answered for ``host`` (None if HAProxy did not route)."""
+        r = self.get(host)
+        if r.status_code != 200:
+            return None
+        return str(r.json()["backend"])
+
+    def logs(self, service: str = "haproxy") -> str:
+        return str(self.container(service).logs().decode(errors="replace"))
+
+
+@pytest.fixture(scope="session")
+def stack_session(docker_services: Services, docker_compose_project_name: str) -> Stack:
+    stack = Stack(docker_services, docker_compose_project_name)
+    wait_until(
+        lambda: requests.get(f"{stack.stats}/_haproxy_health_check", timeout=2).ok,
+        timeout=60,
+        what="HAProxy's health URI",
+    )
+    return stack
+
+
+@pytest.fixture
+def stack(stack_session: Stack) -> Iterator[Stack]:
+    yield stack_session
+    for service_id in stack_session.registered:
+        stack_session.deregister(service_id)
+    stack_session.registered.clear()
