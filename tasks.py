@@ -104,9 +104,10 @@ def push(
 @task
 def lint(c: Context) -> None:
     """Run ruff (lint and format check) and mypy."""
-    c.run("ruff check .", pty=False)
-    c.run("ruff format --check .", pty=False)
-    c.run("mypy", pty=False)
+    py = sys.executable
+    c.run(f"{py} -m ruff check .", pty=False)
+    c.run(f"{py} -m ruff format --check .", pty=False)
+    c.run(f"{py} -m mypy", pty=False)
 
 
 @task(
