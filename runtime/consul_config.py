@@ -20,8 +20,19 @@ class ConsulConfigError(ValueError):
     pass
 
 
-def _truthy(raw: str) -> bool:
-    return raw.strip().lower() in {"1", "true", "yes", "on"}
+TRUE = {"1", "t", "true", "yes", "on"}
+FALSE = {"0", "f", "false", "no", "off"}
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool | None:
+    """A boolean variable; None when unset or empty. A typo is an error rather than a
+    silent "false" (CONSUL_HTTP_SSL=ture must not quietly mean plain http)."""
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return None
+    if raw in TRUE | FALSE:
+        return raw in TRUE
+    raise ConsulConfigError(f"{name}: expected true or false, got {env[name]!r}")
 
 
 @dataclass(frozen=True)
@@ -53,12 +64,15 @@ class ConsulConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ConsulConfig:
-        raw = env.get("CONSUL_HTTP_ADDR") or env.get("CONSUL_SERVER") or DEFAULT_ADDR
-        scheme = "https" if _truthy(env.get("CONSUL_HTTP_SSL", "")) else "http"
+        # Errors name the variable the address came from.
+        var = next((v for v in ("CONSUL_HTTP_ADDR", "CONSUL_SERVER") if env.get(v)), None)
+        raw = env[var] if var else DEFAULT_ADDR
+        var = var or "CONSUL_HTTP_ADDR"
+        scheme = "https" if _flag(env, "CONSUL_HTTP_SSL") else "http"
         if "://" in raw:
             parts = urlsplit(raw)
             if parts.scheme not in {"http", "https"}:
-                raise ConsulConfigError(f"CONSUL_HTTP_ADDR: unsupported scheme in {raw!r}")
+                raise ConsulConfigError(f"{var}: unsupported scheme in {raw!r}")
             scheme = parts.scheme
             netloc = parts.netloc
         else:
@@ -66,11 +80,10 @@ class ConsulConfig:
         host, _, port_raw = netloc.rpartition(":")
         if not host:
             host, port_raw = netloc, "8500"
-        host = host.strip("[]")
-        if not host or not port_raw.isdigit() or not 0 < int(port_raw) < 65536:
-            raise ConsulConfigError(
-                f"CONSUL_HTTP_ADDR: expected host:port or scheme://host:port, got {raw!r}"
-            )
+        # An IPv6 host keeps its brackets: py-consul joins "<scheme>://<host>:<port>".
+        bad_host = not host.strip("[]") or (":" in host and not host.startswith("["))
+        if bad_host or not port_raw.isdigit() or not 0 < int(port_raw) < 65536:
+            raise ConsulConfigError(f"{var}: expected host:port or scheme://host:port, got {raw!r}")
         token = env.get("CONSUL_HTTP_TOKEN") or None
         token_file = env.get("CONSUL_HTTP_TOKEN_FILE")
         if token is None and token_file:
@@ -81,8 +94,8 @@ class ConsulConfig:
                     f"CONSUL_HTTP_TOKEN_FILE: cannot read {token_file}: {exc.strerror}"
                 ) from exc
         verify: bool | str = True
-        if env.get("CONSUL_HTTP_SSL_VERIFY", "").strip():
-            verify = _truthy(env["CONSUL_HTTP_SSL_VERIFY"])
+        if _flag(env, "CONSUL_HTTP_SSL_VERIFY") is False:
+            verify = False
         if env.get("CONSUL_CACERT") and verify is not False:
             verify = env["CONSUL_CACERT"]
         cert = None

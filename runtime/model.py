@@ -12,8 +12,10 @@ from runtime.catalog import Catalog, Instance, Service
 from runtime.settings import DNS_LABEL, Settings, is_dns_name
 from runtime.tags import PREFIX, ServiceOptions, TagError, parse_tags
 
-SERVER_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+# `\Z`, not `$`: `$` also matches before a trailing newline, which would end the line
+# in haproxy.cfg.
+SERVER_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}\Z")
+HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\Z")
 
 
 @dataclass(frozen=True)
@@ -62,10 +64,12 @@ def wants(name: str, tags: tuple[str, ...]) -> bool:
 
 def valid_address(address: str) -> bool:
     try:
-        ipaddress.ip_address(address)
+        ip = ipaddress.ip_address(address)
     except ValueError:
         return bool(HOSTNAME.match(address))
-    return True
+    # Python accepts any text as an IPv6 scope ("fe80::1%<anything>", newlines included);
+    # it would be written into haproxy.cfg as is, so addresses with a scope are refused.
+    return not (isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None)
 
 
 def server_name(instance: Instance) -> str:
@@ -82,7 +86,7 @@ def servers_of(service: Service) -> tuple[tuple[Server, ...], list[str]]:
     servers: list[Server] = []
     problems: list[str] = []
     used: set[str] = set()
-    for inst in service.instances:
+    for inst in sorted(service.instances):
         if not valid_address(inst.address):
             problems.append(f"instance {inst.service_id!r} has an invalid address {inst.address!r}")
             continue
@@ -92,7 +96,10 @@ def servers_of(service: Service) -> tuple[tuple[Server, ...], list[str]]:
         name = server_name(inst)
         if name in used:
             # The same service ID on two nodes: tell them apart by node, stably.
-            name = f"{name[:50]}-{hashlib.sha1(inst.node.encode()).hexdigest()[:8]}"
+            base = f"{name[:50]}-{hashlib.sha1(inst.node.encode()).hexdigest()[:8]}"
+            name, n = base, 2
+            while name in used:  # still taken (a crafted ID, or a repeated instance)
+                name, n = f"{base}-{n}", n + 1
         used.add(name)
         servers.append(Server(name, inst.address, inst.port))
     return tuple(sorted(servers, key=lambda s: s.name)), problems
@@ -108,7 +115,7 @@ def build(catalog: Catalog, settings: Settings) -> tuple[LoadBalancer, list[str]
         settings.http_port: "the http frontend",
         settings.stats_port: "the stats frontend",
     }
-    for service in catalog.services:
+    for service in sorted(catalog.services, key=lambda s: s.name):
         try:
             options = parse_tags(service.tags)
         except TagError as exc:

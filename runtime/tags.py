@@ -25,9 +25,7 @@ BALANCE_SIMPLE = (
     "static-rr",
     "uri",
 )
-BALANCE_ARG = re.compile(
-    r"^(hdr|rdp-cookie)\([A-Za-z0-9_-]{1,64}\)$|^url_param [A-Za-z0-9_-]{1,64}$"
-)
+BALANCE_ARG = re.compile(r"(hdr|rdp-cookie)\([A-Za-z0-9_-]{1,64}\)|url_param [A-Za-z0-9_-]{1,64}")
 # Ports HAProxy itself listens on in every configuration.
 MAX_PORT = 65535
 
@@ -48,20 +46,22 @@ class ServiceOptions:
 def _bool(raw: str) -> bool:
     if raw.lower() in {"true", "false"}:
         return raw.lower() == "true"
-    raise TagError(f"expected true or false, got {raw!r}")
+    raise TagError(f"expected true or false, got {_printable(raw)}")
 
 
 def _protocol(raw: str) -> str:
     if raw in PROTOCOLS:
         return raw
-    raise TagError(f"expected one of {', '.join(PROTOCOLS)}, got {raw!r}")
+    raise TagError(f"expected one of {', '.join(PROTOCOLS)}, got {_printable(raw)}")
 
 
 def _balance(raw: str) -> str:
-    if raw in BALANCE_SIMPLE or BALANCE_ARG.match(raw):
+    # fullmatch: `$` would let a trailing newline through into haproxy.cfg.
+    if raw in BALANCE_SIMPLE or BALANCE_ARG.fullmatch(raw):
         return raw
     raise TagError(
-        f"unknown balance algorithm {raw!r}; expected one of {', '.join(BALANCE_SIMPLE)}, "
+        f"unknown balance algorithm {_printable(raw)}; "
+        f"expected one of {', '.join(BALANCE_SIMPLE)}, "
         "hdr(<name>), rdp-cookie(<name>) or 'url_param <name>'"
     )
 
@@ -69,7 +69,7 @@ def _balance(raw: str) -> str:
 def _bounded_int(low: int, high: int) -> Callable[[str], int]:
     def parse(raw: str) -> int:
         if not re.fullmatch(r"[0-9]{1,7}", raw) or not low <= int(raw) <= high:
-            raise TagError(f"expected a whole number {low}..{high}, got {raw!r}")
+            raise TagError(f"expected a whole number {low}..{high}, got {_printable(raw)}")
         return int(raw)
 
     return parse

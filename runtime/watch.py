@@ -36,7 +36,7 @@ log = logging.getLogger("watch")
 
 # Names Consul accepts but that would need escaping in a URL path are never watched:
 # the model skips them anyway (they are not valid host names).
-WATCHABLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
+WATCHABLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}\Z")
 
 
 @dataclass

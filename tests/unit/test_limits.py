@@ -1,0 +1,55 @@
+"""Fitting HAProxy's connection limits to the open-file limit."""
+
+from __future__ import annotations
+
+import resource
+
+import pytest
+
+from runtime.limits import RESERVED_FDS, Limits, fit
+
+
+def test_fits_as_asked() -> None:
+    limits = fit(50000, 10000, nofile=1_048_576)
+    assert limits == Limits(maxconn_global=50000, maxconn=10000, nofile=1_048_576, fitted=False)
+    assert limits.describe(50000) == "open-file limit 1048576 allows maxconn 50000"
+
+
+def test_exactly_enough_descriptors_fits() -> None:
+    nofile = 2 * 50000 + RESERVED_FDS
+    assert fit(50000, 10000, nofile=nofile).fitted is False
+    lowered = fit(50000, 10000, nofile=nofile - 2)
+    assert (lowered.maxconn_global, lowered.fitted) == (49999, True)
+
+
+def test_lowered_to_fit() -> None:
+    limits = fit(50000, 10000, nofile=20000)
+    assert limits == Limits(maxconn_global=9500, maxconn=9500, nofile=20000, fitted=True)
+    assert limits.describe(50000) == (
+        "open-file limit 20000 allows at most maxconn 9500: "
+        "using it instead of HAPROXY_MAXCONN_GLOBAL=50000"
+    )
+
+
+def test_per_frontend_maxconn_is_capped_by_the_global() -> None:
+    # Asked for more per frontend than globally: the global wins, even when nothing
+    # had to be lowered for the descriptors.
+    limits = fit(2000, 10000, nofile=1_048_576)
+    assert (limits.maxconn_global, limits.maxconn, limits.fitted) == (2000, 2000, False)
+
+
+def test_per_frontend_maxconn_below_the_fitted_global_is_kept() -> None:
+    limits = fit(50000, 3000, nofile=20000)
+    assert (limits.maxconn_global, limits.maxconn) == (9500, 3000)
+
+
+@pytest.mark.parametrize("nofile", [0, 1, 1000, 1001])
+def test_tiny_limits_still_allow_one_connection(nofile: int) -> None:
+    limits = fit(50000, 10000, nofile=nofile)
+    assert (limits.maxconn_global, limits.maxconn, limits.fitted) == (1, 1, True)
+
+
+def test_default_reads_the_hard_limit() -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    expected = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    assert fit(50000, 10000).nofile == expected

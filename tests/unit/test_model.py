@@ -1,0 +1,304 @@
+"""Catalog -> LoadBalancer: what is published, what is skipped and why, server names."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from runtime.catalog import Catalog, Instance, Service
+from runtime.model import Backend, LoadBalancer, Server, Skipped, build, server_name, wants
+from runtime.settings import Settings
+
+SETTINGS = Settings(domain="example.com")
+ON = "HAPROXY.ENABLE=true"
+TCP = ("HAPROXY.PROTOCOL=tcp",)
+
+
+def inst(service_id: str, address: str = "10.0.0.1", port: int = 80, node: str = "n1") -> Instance:
+    return Instance(node=node, service_id=service_id, address=address, port=port)
+
+
+def catalog(services: dict[str, tuple[list[str], list[Instance]]]) -> Catalog:
+    return Catalog.build(
+        {name: tags for name, (tags, _) in services.items()},
+        {name: insts for name, (_, insts) in services.items()},
+    )
+
+
+def run(
+    services: dict[str, tuple[list[str], list[Instance]]], settings: Settings = SETTINGS
+) -> tuple[LoadBalancer, list[str]]:
+    return build(catalog(services), settings)
+
+
+def tcp(port: int) -> list[str]:
+    return [ON, *TCP, f"HAPROXY.FRONTEND.PORT={port}"]
+
+
+def skipped(lb: LoadBalancer) -> dict[str, str]:
+    return {s.service: s.reason for s in lb.skipped}
+
+
+def published(lb: LoadBalancer) -> list[str]:
+    return [b.service for b in lb.backends]
+
+
+def test_published_http_service() -> None:
+    lb, problems = run({"www": ([ON], [inst("www-1"), inst("www-2", "10.0.0.2", 8080)])})
+    assert lb == LoadBalancer(
+        backends=(
+            Backend(
+                service="www",
+                name="www.example.com",
+                protocol="http",
+                balance="roundrobin",
+                maxconn=None,
+                frontend_port=None,
+                servers=(Server("www-1", "10.0.0.1", 80), Server("www-2", "10.0.0.2", 8080)),
+            ),
+        ),
+        skipped=(),
+    )
+    assert lb.http_backends == lb.backends and lb.tcp_backends == ()
+    assert problems == []
+
+
+def test_tags_reach_the_backend() -> None:
+    tags = [ON, "HAPROXY.BACKEND.BALANCE=leastconn", "HAPROXY.BACKEND.MAXCONN=50"]
+    (backend,) = run({"api": (tags, [inst("a")])})[0].backends
+    assert (backend.balance, backend.maxconn) == ("leastconn", 50)
+
+
+def test_published_tcp_service() -> None:
+    lb, _ = run({"db": (tcp(5432), [inst("db-1", port=5432)])})
+    (backend,) = lb.tcp_backends
+    assert (backend.name, backend.protocol, backend.frontend_port) == (
+        "db.example.com",
+        "tcp",
+        5432,
+    )
+    assert lb.http_backends == ()
+
+
+def test_service_without_instances_is_published_empty() -> None:
+    lb, problems = run({"www": ([ON], [])})
+    assert lb.backends[0].servers == () and problems == []
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [[], ["HAPROXY.ENABLE=false"], ["traefik.enable=true"], ["HAPROXY.PROTOCOL=tcp"]],
+)
+def test_services_not_enabled_are_ignored(tags: list[str]) -> None:
+    lb, problems = run({"www": (tags, [inst("a")])})
+    assert lb == LoadBalancer((), ()) and problems == []
+
+
+def test_bad_tags_skip_even_a_not_enabled_service() -> None:
+    # A typo in the tag that enables it must be reported, not silently ignored.
+    lb, _ = run({"www": (["HAPROXY.ENABLE=yes"], [inst("a")])})
+    assert "HAPROXY.ENABLE" in skipped(lb)["www"]
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("Www", "not a valid DNS label"),
+        ("WWW", "not a valid DNS label"),
+        ("my_service", "not a valid DNS label"),
+        ("my.service", "not a valid DNS label"),
+        ("-www", "not a valid DNS label"),
+        ("www-", "not a valid DNS label"),
+        ("www\n", "not a valid DNS label"),
+        ("www api", "not a valid DNS label"),
+        ("www#x", "not a valid DNS label"),
+        ("", "not a valid DNS label"),
+        ("a" * 64, "not a valid DNS label"),
+    ],
+)
+def test_invalid_service_names_are_skipped(name: str, reason: str) -> None:
+    lb, _ = run({name: ([ON], [inst("a")]), "ok": ([ON], [inst("b")])})
+    assert published(lb) == ["ok"]
+    assert reason in skipped(lb)[name]
+    assert "\n" not in skipped(lb)[name]
+
+
+def test_longest_label_is_fine() -> None:
+    lb, _ = run({"a" * 63: ([ON], [])})
+    assert published(lb) == ["a" * 63]
+
+
+def test_host_name_too_long_is_skipped() -> None:
+    long_domain = Settings(domain=".".join(["d" * 63] * 3))  # 191 characters
+    lb, _ = run({"a" * 62: ([ON], []), "b": ([ON], [])}, long_domain)
+    assert published(lb) == ["b"]
+    assert "longer than 253" in skipped(lb)["a" * 62]
+
+
+def test_bad_tag_skips_only_that_service() -> None:
+    lb, _ = run(
+        {
+            "bad": ([ON, "HAPROXY.BACKEND.BALANCE=roundrobin\nlisten x"], [inst("a")]),
+            "good": ([ON], [inst("b")]),
+        }
+    )
+    assert published(lb) == ["good"]
+    assert skipped(lb)["bad"].startswith("tag 'HAPROXY.BACKEND.BALANCE=")
+
+
+def test_tcp_without_port_is_skipped() -> None:
+    lb, _ = run({"db": ([ON, *TCP], [inst("a")])})
+    assert lb.backends == ()
+    assert "HAPROXY.FRONTEND.PORT" in skipped(lb)["db"]
+
+
+@pytest.mark.parametrize(("port", "owner"), [(8080, "http frontend"), (4444, "stats frontend")])
+def test_tcp_port_of_a_frontend_is_skipped(port: int, owner: str) -> None:
+    lb, _ = run({"db": (tcp(port), [inst("a")])})
+    assert lb.backends == ()
+    assert f"HAPROXY.FRONTEND.PORT={port} is already used by the {owner}" == skipped(lb)["db"]
+
+
+def test_tcp_port_collision_follows_the_configured_ports() -> None:
+    custom = Settings(domain="example.com", http_port=80, stats_port=9000)
+    lb, _ = run({"a": (tcp(8080), []), "b": (tcp(80), []), "c": (tcp(9000), [])}, custom)
+    assert published(lb) == ["a"]
+    assert set(skipped(lb)) == {"b", "c"}
+
+
+@pytest.mark.parametrize("order", [["alpha", "beta"], ["beta", "alpha"]])
+def test_tcp_port_collision_keeps_the_first_name(order: list[str]) -> None:
+    services = {name: (tcp(6379), [inst(f"{name}-1")]) for name in order}
+    lb, _ = run(services)
+    assert published(lb) == ["alpha"]
+    assert skipped(lb) == {"beta": "HAPROXY.FRONTEND.PORT=6379 is already used by service 'alpha'"}
+    # The same holds for a catalog that was not built (and so not sorted) by Catalog.build.
+    unsorted = Catalog(tuple(Service(n, tuple(tcp(6379)), ()) for n in order))
+    assert [b.service for b in build(unsorted, SETTINGS)[0].backends] == ["alpha"]
+
+
+def test_skipped_tcp_service_does_not_claim_its_port() -> None:
+    # "a" is skipped for its name; "b" may then use the port it asked for.
+    lb, _ = run({"A": (tcp(7000), []), "b": (tcp(7000), [])})
+    assert published(lb) == ["b"]
+
+
+def test_backends_sorted_by_name() -> None:
+    names = ["web", "api", "zeta", "db"]
+    lb, _ = run({n: ([ON], []) for n in names})
+    assert published(lb) == sorted(names)
+
+
+def test_server_names_are_service_ids() -> None:
+    lb, _ = run({"www": ([ON], [inst("www-2"), inst("www-1"), inst("www:3")])})
+    assert [s.name for s in lb.backends[0].servers] == ["www-1", "www-2", "www:3"]
+
+
+@pytest.mark.parametrize(
+    "service_id",
+    ["web 1", "web#1", "web\n1", "web\n", 'web"1', "web/1", "", "x" * 65, "wéb"],
+)
+def test_unsafe_service_ids_are_hashed(service_id: str) -> None:
+    instance = inst(service_id)
+    name = server_name(instance)
+    digest = hashlib.sha1(f"n1/{service_id}".encode()).hexdigest()[:12]
+    assert name == f"srv-{digest}"
+    # Stable: the same instance always gets the same name.
+    assert server_name(inst(service_id)) == name
+    lb, _ = run({"www": ([ON], [instance])})
+    assert lb.backends[0].servers == (Server(name, "10.0.0.1", 80),)
+
+
+def test_longest_safe_service_id_is_kept() -> None:
+    assert server_name(inst("x" * 64)) == "x" * 64
+
+
+def test_same_id_on_two_nodes_gets_two_stable_names() -> None:
+    a = inst("web", "10.0.0.1", node="node-a")
+    b = inst("web", "10.0.0.2", node="node-b")
+    lb1, _ = run({"www": ([ON], [a, b])})
+    lb2, _ = run({"www": ([ON], [b, a])})
+    servers = lb1.backends[0].servers
+    assert lb1 == lb2
+    suffix = hashlib.sha1(b"node-b").hexdigest()[:8]
+    assert servers == (Server("web", "10.0.0.1", 80), Server(f"web-{suffix}", "10.0.0.2", 80))
+
+
+def test_same_id_on_two_nodes_in_an_unsorted_service() -> None:
+    a = inst("web", "10.0.0.1", node="node-a")
+    b = inst("web", "10.0.0.2", node="node-b")
+    one = Catalog((Service("www", (ON,), (a, b)),))
+    other = Catalog((Service("www", (ON,), (b, a)),))
+    assert build(one, SETTINGS) == build(other, SETTINGS)
+
+
+def test_server_names_are_unique_even_when_crafted() -> None:
+    # An ID equal to the name the duplicate rule would choose, and a repeated instance.
+    crafted = "web-" + hashlib.sha1(b"node-b").hexdigest()[:8]
+    instances = [
+        inst(crafted, node="node-0"),
+        inst("web", node="node-a"),
+        inst("web", node="node-b"),
+        inst("web", node="node-b"),
+    ]
+    lb, _ = run({"www": ([ON], instances)})
+    names = [s.name for s in lb.backends[0].servers]
+    assert len(names) == len(set(names)) == 4
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "",
+        "10.0.0.1 ",
+        "10.0.0.1\n",
+        "10.0.0.1\n    server evil 10.6.6.6:80",
+        "fe80::1%eth0\n    server evil 10.6.6.6:80",
+        "fe80::1%eth0",
+        "host name",
+        "-host",
+        "host#x",
+        "[::1]",
+        "300.1.1.1.1.",
+        "a" * 254,
+    ],
+)
+def test_invalid_address_is_left_out(address: str) -> None:
+    lb, problems = run({"www": ([ON], [inst("bad", address), inst("good")])})
+    assert [s.name for s in lb.backends[0].servers] == ["good"]
+    (line,) = problems
+    assert line.startswith("service 'www': instance 'bad' has an invalid address")
+    assert "\n" not in line
+
+
+@pytest.mark.parametrize("address", ["10.1.2.3", "::1", "2001:db8::7", "web-1.node.consul", "h"])
+def test_valid_addresses(address: str) -> None:
+    lb, problems = run({"www": ([ON], [inst("a", address)])})
+    assert lb.backends[0].servers[0].address == address and problems == []
+
+
+@pytest.mark.parametrize("port", [0, -1, 65536, 100000])
+def test_invalid_port_is_left_out(port: int) -> None:
+    lb, problems = run({"www": ([ON], [inst("bad", port=port), inst("good", port=65535)])})
+    assert lb.backends[0].servers == (Server("good", "10.0.0.1", 65535),)
+    assert problems == [f"service 'www': instance 'bad' has an invalid port {port}"]
+
+
+def test_skipped_service_has_no_instance_problems() -> None:
+    lb, problems = run({"Bad": ([ON], [inst("x", "not valid")])})
+    assert lb.backends == () and problems == []
+
+
+def test_wants_any_haproxy_tag() -> None:
+    assert wants("www", ("HAPROXY.ENABLE=true",))
+    assert wants("www", ("HAPROXY.ENABLE=false",))
+    assert wants("www", ("HAPROXY.BOGUS",))
+    assert not wants("www", ("traefik.enable=true", "haproxy.enable=true"))
+    assert not wants("www", ())
+
+
+def test_skipped_sorted_by_name() -> None:
+    lb, _ = run({"m_x": ([ON], []), "Z": ([ON], []), "B": ([ON], [])})
+    assert [s.service for s in lb.skipped] == ["B", "Z", "m_x"]
+    assert all(isinstance(s, Skipped) and "DNS label" in s.reason for s in lb.skipped)

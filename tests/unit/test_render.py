@@ -1,0 +1,268 @@
+"""LoadBalancer -> haproxy.cfg and hosts.map: the contract's blocks, settings, determinism."""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import jinja2
+import pytest
+
+from runtime.catalog import Catalog, Instance
+from runtime.haproxy_files import Paths
+from runtime.limits import fit
+from runtime.model import build
+from runtime.render import HaproxyFiles, environment, render_haproxy, server_address
+from runtime.settings import Settings, from_env
+
+DOM = {"HAPROXY_DOM": "example.com"}
+ON = "HAPROXY.ENABLE=true"
+PATHS = Paths(Path("/x")).template_paths()
+LIMITS = fit(50000, 10000, nofile=20000)
+# The checkout's template (not one installed under /usr/share), compiled once.
+ENV = environment([Path(__file__).resolve().parents[2] / "templates"])
+
+
+def render(
+    tags: dict[str, list[str]],
+    instances: dict[str, list[Instance]],
+    settings: Settings | None = None,
+) -> HaproxyFiles:
+    settings = settings or from_env(DOM)
+    lb, _ = build(Catalog.build(tags, instances), settings)
+    limits = fit(settings.maxconn_global, settings.maxconn, nofile=20000)
+    return render_haproxy(lb, settings, limits, PATHS, ENV)
+
+
+def block(config: str, header: str) -> list[str]:
+    """The lines of one section (``backend www.example.com``), without its header."""
+    lines = config.splitlines()
+    start = lines.index(header)
+    body: list[str] = []
+    for line in lines[start + 1 :]:
+        if not line.startswith("    "):
+            break
+        body.append(line.strip())
+    return body
+
+
+WWW = [
+    Instance("node-1", "www-1", "10.0.0.1", 8000),
+    Instance("node-2", "www-2", "10.0.0.2", 8001),
+]
+
+
+def test_http_backend_block_of_the_contract() -> None:
+    files = render({"www": [ON]}, {"www": WWW})
+    assert block(files.config, "backend www.example.com") == [
+        "mode http",
+        "balance roundrobin",
+        "option forwardfor",
+        "option tcp-check",
+        "default-server inter 10s fall 1 init-addr last,libc,none",
+        "http-request set-header X-Forwarded-Port %[dst_port]",
+        "http-request add-header X-Forwarded-Proto https if { ssl_fc }",
+        "server www-1 10.0.0.1:8000 check",
+        "server www-2 10.0.0.2:8001 check",
+    ]
+
+
+def test_balance_and_maxconn_tags() -> None:
+    tags = [ON, "HAPROXY.BACKEND.BALANCE=leastconn", "HAPROXY.BACKEND.MAXCONN=200"]
+    lines = block(render({"www": tags}, {"www": WWW}).config, "backend www.example.com")
+    assert "balance leastconn" in lines
+    # maxconn for the backend's servers: a default-server (per server) setting.
+    assert "default-server inter 10s fall 1 init-addr last,libc,none maxconn 200" in lines
+    assert not any(line.startswith("maxconn") for line in lines)
+
+
+def test_one_server_line_per_instance() -> None:
+    instances = [Instance(f"n{i}", f"www-{i:02}", f"10.0.1.{i}", 80) for i in range(1, 21)]
+    lines = block(render({"www": [ON]}, {"www": instances}).config, "backend www.example.com")
+    servers = [line for line in lines if line.startswith("server ")]
+    assert servers == [f"server www-{i:02} 10.0.1.{i}:80 check" for i in range(1, 21)]
+
+
+def test_ipv6_server_address_is_explicit() -> None:
+    files = render({"www": [ON]}, {"www": [Instance("n", "w", "2001:db8::1", 80)]})
+    assert "server w ipv6@2001:db8::1:80 check" in block(files.config, "backend www.example.com")
+    assert server_address("10.0.0.1") == "10.0.0.1"
+
+
+def test_service_without_instances_has_an_empty_backend() -> None:
+    lines = block(render({"www": [ON]}, {}).config, "backend www.example.com")
+    assert lines[0] == "mode http"
+    assert not any(line.startswith("server") for line in lines)
+
+
+def test_tcp_service_gets_its_own_frontend_and_backend() -> None:
+    tags = {"db": [ON, "HAPROXY.PROTOCOL=tcp", "HAPROXY.FRONTEND.PORT=5432"]}
+    files = render(tags, {"db": [Instance("n", "db-1", "10.0.0.9", 5432)]})
+    assert block(files.config, "frontend tcp_5432") == [
+        "bind :5432",
+        "mode tcp",
+        "default_backend db.example.com",
+    ]
+    assert block(files.config, "backend db.example.com") == [
+        "mode tcp",
+        "balance roundrobin",
+        "option tcp-check",
+        "default-server inter 10s fall 1 init-addr last,libc,none",
+        "server db-1 10.0.0.9:5432 check",
+    ]
+    # Not reachable by Host header.
+    assert files.hosts_map == ""
+
+
+def test_http_frontend_routes_by_the_hosts_map() -> None:
+    files = render({"www": [ON], "api": [ON]}, {})
+    frontend = block(files.config, "frontend http")
+    assert frontend[0] == "bind :8080"
+    assert "use_backend %[req.hdr(host),lower,field(1,:),map(hosts.map)]" in frontend
+    assert files.hosts_map == "api.example.com api.example.com\nwww.example.com www.example.com\n"
+    assert files.files() == {"haproxy.cfg": files.config, "hosts.map": files.hosts_map}
+
+
+def test_hosts_map_lists_only_published_http_services() -> None:
+    tags = {
+        "www": [ON],
+        "Bad": [ON],
+        "off": ["HAPROXY.ENABLE=false"],
+        "db": [ON, "HAPROXY.PROTOCOL=tcp", "HAPROXY.FRONTEND.PORT=5432"],
+    }
+    files = render(tags, {})
+    assert files.hosts_map == "www.example.com www.example.com\n"
+    assert "Published: 2 service(s); skipped: 1." in files.config
+    assert "Bad" not in files.config and "off.example.com" not in files.config
+
+
+def test_same_catalog_in_any_order_renders_byte_identical() -> None:
+    names = [f"svc{i}" for i in range(12)]
+    tags = {n: [ON, f"team={n}"] for n in names}
+    tags["db"] = [ON, "HAPROXY.PROTOCOL=tcp", "HAPROXY.FRONTEND.PORT=5432"]
+    instances = {
+        n: [Instance(f"node{j}", f"{n}-{j}", f"10.0.{i}.{j}", 80 + j) for j in range(4)]
+        for i, n in enumerate([*names, "db"])
+    }
+    first = render(tags, instances)
+    rng = random.Random(7)
+    for _ in range(5):
+        shuffled_names = list(tags)
+        rng.shuffle(shuffled_names)
+        shuffled_tags = {n: list(reversed(tags[n])) for n in shuffled_names}
+        shuffled_instances = {n: rng.sample(v, len(v)) for n, v in instances.items()}
+        again = render(shuffled_tags, shuffled_instances)
+        assert again.config == first.config
+        assert again.hosts_map == first.hosts_map
+    backends = re.findall(r"^backend (\S+)$", first.config, flags=re.M)
+    assert backends == [
+        "consul_lb_health",
+        "db.example.com",
+        *sorted(f"{n}.example.com" for n in names),
+    ]
+
+
+def test_global_and_defaults_from_settings() -> None:
+    config = render({}, {}).config
+    glob = block(config, "global")
+    # HAPROXY_MAXCONN_GLOBAL=50000 does not fit 20000 descriptors: lowered, said once.
+    assert "maxconn 9500" in glob
+    comments = [line for line in glob if line.startswith("#") and "open-file limit" in line]
+    assert comments == [
+        "# open-file limit 20000 allows at most maxconn 9500: "
+        "using it instead of HAPROXY_MAXCONN_GLOBAL=50000"
+    ]
+    assert "spread-checks 5" in glob
+    assert "max-spread-checks 15000" in glob
+    assert "hard-stop-after 30s" in glob
+    assert "stats socket /x/admin.sock mode 600 level admin expose-fd listeners" in glob
+    assert "server-state-file /x/server-state" in glob
+    assert block(config, "defaults")[-9:] == [
+        "retries 3",
+        "backlog 10000",
+        "maxconn 9500",  # HAPROXY_MAXCONN=10000, capped by the fitted global
+        "timeout connect 3s",
+        "timeout client 30s",
+        "timeout server 30s",
+        "timeout http-keep-alive 1s",
+        "timeout http-request 15s",
+        "timeout queue 30s",
+    ]
+    assert block(config, "frontend stats")[0] == "bind :4444"
+
+
+def test_overridden_settings_are_rendered() -> None:
+    settings = from_env(
+        {
+            **DOM,
+            "HAPROXY_MAXCONN_GLOBAL": "4000",
+            "HAPROXY_MAXCONN": "3000",
+            "HAPROXY_SPREAD_CHECKS": "2",
+            "HAPROXY_MAX_SPREAD_CHECKS": "900",
+            "HAPROXY_RETRIES": "5",
+            "HAPROXY_BACKLOG": "128",
+            "HAPROXY_TIMEOUT_CONNECT": "500ms",
+            "HAPROXY_TIMEOUT_CLIENT": "1m",
+            "HAPROXY_TIMEOUT_SERVER": "2m",
+            "HAPROXY_TIMEOUT_HTTP_KEEP_ALIVE": "2s",
+            "HAPROXY_TIMEOUT_HTTP_REQUEST": "5s",
+            "HAPROXY_TIMEOUT_QUEUE": "10s",
+            "HAPROXY_HTTP_PORT": "80",
+            "HAPROXY_STATS_PORT": "9000",
+            "HAPROXY_HARD_STOP_AFTER": "2m",
+        }
+    )
+    config = render({}, {}, settings).config
+    glob = block(config, "global")
+    assert "maxconn 4000" in glob
+    assert "# open-file limit 20000 allows maxconn 4000" in glob
+    assert {"spread-checks 2", "max-spread-checks 900", "hard-stop-after 2m"} <= set(glob)
+    assert block(config, "defaults")[-9:] == [
+        "retries 5",
+        "backlog 128",
+        "maxconn 3000",
+        "timeout connect 500ms",
+        "timeout client 1m",
+        "timeout server 2m",
+        "timeout http-keep-alive 2s",
+        "timeout http-request 5s",
+        "timeout queue 10s",
+    ]
+    assert block(config, "frontend http")[0] == "bind :80"
+    assert block(config, "frontend stats")[0] == "bind :9000"
+    assert "server serving 127.0.0.1:9000" in block(config, "backend consul_lb_health")
+
+
+def test_render_with_the_brief_limits() -> None:
+    lb, _ = build(Catalog.build({"www": [ON]}, {"www": WWW}), from_env(DOM))
+    files = render_haproxy(lb, from_env(DOM), LIMITS, PATHS, ENV)
+    assert files == render({"www": [ON]}, {"www": WWW})
+
+
+def test_every_line_is_a_comment_a_section_or_indented() -> None:
+    tags = {"www": [ON], "db": [ON, "HAPROXY.PROTOCOL=tcp", "HAPROXY.FRONTEND.PORT=5432"]}
+    config = render(tags, {"www": WWW}).config
+    assert config.endswith("\n") and "\n\n\n" not in config
+    for line in config.splitlines():
+        assert line == "" or line.startswith(
+            ("#", "    ", "global", "defaults", "frontend ", "backend ")
+        )
+        assert line == line.rstrip()
+
+
+def test_strict_undefined_raises(tmp_path: Path) -> None:
+    (tmp_path / "broken.j2").write_text("maxconn {{ settings.no_such_field }}\n")
+    (tmp_path / "typo.j2").write_text("{{ no_such_name }}\n")
+    env = environment([tmp_path])
+    with pytest.raises(jinja2.UndefinedError):
+        env.get_template("broken.j2").render(settings=from_env(DOM))
+    with pytest.raises(jinja2.UndefinedError):
+        env.get_template("typo.j2").render()
+
+
+def test_render_haproxy_with_a_broken_template_raises(tmp_path: Path) -> None:
+    (tmp_path / "haproxy.cfg.j2").write_text("maxconn {{ limits.maxconn_globl }}\n")
+    lb, _ = build(Catalog(), from_env(DOM))
+    with pytest.raises(jinja2.UndefinedError):
+        render_haproxy(lb, from_env(DOM), LIMITS, PATHS, environment([tmp_path]))

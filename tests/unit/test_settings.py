@@ -1,0 +1,224 @@
+"""HAPROXY_* environment -> Settings: defaults of the contract, overrides, invalid values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runtime.settings import VARIABLES, Settings, SettingsError, from_env, is_dns_name
+
+DOM = {"HAPROXY_DOM": "example.com"}
+
+# The table "Environment of the HAProxy image" in ARCHITECTURE.md, as a user reads it.
+CONTRACT_DEFAULTS = {
+    "HAPROXY_MAXCONN_GLOBAL": 50000,
+    "HAPROXY_SPREAD_CHECKS": 5,
+    "HAPROXY_MAX_SPREAD_CHECKS": 15000,
+    "HAPROXY_RETRIES": 3,
+    "HAPROXY_BACKLOG": 10000,
+    "HAPROXY_MAXCONN": 10000,
+    "HAPROXY_TIMEOUT_CONNECT": "3s",
+    "HAPROXY_TIMEOUT_CLIENT": "30s",
+    "HAPROXY_TIMEOUT_SERVER": "30s",
+    "HAPROXY_TIMEOUT_HTTP_KEEP_ALIVE": "1s",
+    "HAPROXY_TIMEOUT_HTTP_REQUEST": "15s",
+    "HAPROXY_TIMEOUT_QUEUE": "30s",
+}
+# Variables this project added beyond the original design (documented in the README).
+OWN_DEFAULTS = {
+    "HAPROXY_HTTP_PORT": 8080,
+    "HAPROXY_STATS_PORT": 4444,
+    "HAPROXY_RELOAD_STRATEGY": "seamless",
+    "HAPROXY_DRAIN_SECONDS": 5.0,
+    "HAPROXY_HARD_STOP_AFTER": "30s",
+    "CONSUL_LB_STATE_DIR": Path("/var/lib/consul-lb"),
+}
+# variable -> (raw override, the value it gives, invalid raw values)
+CASES: dict[str, tuple[str, object, tuple[str, ...]]] = {
+    "HAPROXY_MAXCONN_GLOBAL": ("20000", 20000, ("0", "-1", "lots", "1e5", "10001000")),
+    "HAPROXY_SPREAD_CHECKS": ("0", 0, ("51", "five", "-5")),
+    "HAPROXY_MAX_SPREAD_CHECKS": ("2000", 2000, ("3600001", "2s")),
+    "HAPROXY_RETRIES": ("0", 0, ("101", "3.0", "3\nretries 9")),
+    "HAPROXY_BACKLOG": ("512", 512, ("0", "1000001", "1k")),
+    "HAPROXY_MAXCONN": ("3000", 3000, ("0", "3.5", "10000001")),
+    "HAPROXY_TIMEOUT_CONNECT": ("500ms", "500ms", ("3 s", "3sec", "-1s", "3s\ntimeout queue 0")),
+    "HAPROXY_TIMEOUT_CLIENT": ("1m", "1m", ("1 m", "forever", "30s # x")),
+    "HAPROXY_TIMEOUT_SERVER": ("45s", "45s", ("45x", "s")),
+    "HAPROXY_TIMEOUT_HTTP_KEEP_ALIVE": ("250", "250", ("1.5s", "1y")),
+    "HAPROXY_TIMEOUT_HTTP_REQUEST": ("10s", "10s", ("10s;", "'10s'")),
+    "HAPROXY_TIMEOUT_QUEUE": ("1h", "1h", ("1234567890s", "h")),
+    "HAPROXY_HTTP_PORT": ("80", 80, ("0", "65536", "http")),
+    "HAPROXY_STATS_PORT": ("9000", 9000, ("0", "70000", "-1")),
+    "HAPROXY_RELOAD_STRATEGY": ("seamless", "seamless", ("iptables", "SEAMLESS")),
+    "HAPROXY_DRAIN_SECONDS": ("2s", 2.0, ("soon", "-1s", "2 s")),
+    "HAPROXY_HARD_STOP_AFTER": ("5m", "5m", ("5 m", "never")),
+    "CONSUL_LB_STATE_DIR": (
+        "/run/consul-lb",
+        Path("/run/consul-lb"),
+        ("relative/dir", "/var/lib/a b", "/x\nstats socket /tmp/evil", "/x#y"),
+    ),
+}
+
+
+def field_of(variable: str) -> str:
+    return VARIABLES[variable][0]
+
+
+def test_every_variable_is_covered() -> None:
+    assert set(CASES) == set(VARIABLES)
+    assert set(CONTRACT_DEFAULTS) | set(OWN_DEFAULTS) == set(VARIABLES)
+
+
+@pytest.mark.parametrize("variable", sorted({**CONTRACT_DEFAULTS, **OWN_DEFAULTS}))
+def test_default_when_unset(variable: str) -> None:
+    expected = {**CONTRACT_DEFAULTS, **OWN_DEFAULTS}[variable]
+    assert getattr(from_env(DOM), field_of(variable)) == expected
+
+
+@pytest.mark.parametrize("variable", sorted(VARIABLES))
+def test_empty_value_means_default(variable: str) -> None:
+    assert from_env({**DOM, variable: "  "}) == from_env(DOM)
+
+
+@pytest.mark.parametrize("variable", sorted(CASES))
+def test_override(variable: str) -> None:
+    raw, expected, _ = CASES[variable]
+    settings = from_env({**DOM, variable: raw})
+    assert getattr(settings, field_of(variable)) == expected
+    # Nothing else changes.
+    others = {f: v for f, v in vars(settings).items() if f != field_of(variable)}
+    assert others == {f: v for f, v in vars(from_env(DOM)).items() if f != field_of(variable)}
+
+
+def test_override_ignores_surrounding_whitespace() -> None:
+    assert from_env({**DOM, "HAPROXY_RETRIES": " 7\n"}).retries == 7
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [(variable, raw) for variable, (_, _, bad) in sorted(CASES.items()) for raw in bad],
+)
+def test_invalid_value_names_the_variable(variable: str, raw: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        from_env({**DOM, variable: raw})
+    message = str(caught.value)
+    assert f"{variable}:" in message
+    # One problem, one line: the bad value cannot break the message apart.
+    assert message.count("\n") == 1
+
+
+def test_missing_domain_is_a_clear_error() -> None:
+    with pytest.raises(SettingsError, match="HAPROXY_DOM is required"):
+        from_env({})
+
+
+def test_blank_domain_counts_as_missing() -> None:
+    with pytest.raises(SettingsError, match="HAPROXY_DOM is required"):
+        from_env({"HAPROXY_DOM": "   "})
+
+
+@pytest.mark.parametrize(
+    ("raw", "domain"),
+    [
+        ("example.com", "example.com"),
+        ("Apps.Example.COM", "apps.example.com"),
+        ("example.com.", "example.com"),
+        ("localhost", "localhost"),
+    ],
+)
+def test_domain_override(raw: str, domain: str) -> None:
+    assert from_env({"HAPROXY_DOM": raw}).domain == domain
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "exa mple.com",
+        "example..com",
+        "-example.com",
+        "example.com\nlisten evil",
+        "ex_ample.com",
+        "*.example.com",
+        "a" * 64 + ".com",
+        ".".join(["abcdefghi"] * 26),  # 259 characters
+    ],
+)
+def test_invalid_domain(raw: str) -> None:
+    with pytest.raises(SettingsError, match="HAPROXY_DOM:"):
+        from_env({"HAPROXY_DOM": raw})
+
+
+def test_render_wait_default() -> None:
+    settings = from_env(DOM)
+    assert (settings.render_wait_min, settings.render_wait_max) == (0.1, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("500ms:5s", (0.5, 5.0)), ("2s", (2.0, 8.0)), ("1s:1s", (1.0, 1.0))],
+)
+def test_render_wait_override(raw: str, expected: tuple[float, float]) -> None:
+    settings = from_env({**DOM, "HAPROXY_RENDER_WAIT": raw})
+    assert (settings.render_wait_min, settings.render_wait_max) == expected
+
+
+@pytest.mark.parametrize("raw", ["5s:1s", "soon", "1s:", ":1s", "1s:2s:3s"])
+def test_render_wait_invalid(raw: str) -> None:
+    with pytest.raises(SettingsError, match="HAPROXY_RENDER_WAIT:"):
+        from_env({**DOM, "HAPROXY_RENDER_WAIT": raw})
+
+
+def test_http_and_stats_port_must_differ() -> None:
+    with pytest.raises(SettingsError, match="HAPROXY_HTTP_PORT and HAPROXY_STATS_PORT"):
+        from_env({**DOM, "HAPROXY_HTTP_PORT": "4444"})
+    with pytest.raises(SettingsError, match="HAPROXY_HTTP_PORT and HAPROXY_STATS_PORT"):
+        from_env({**DOM, "HAPROXY_STATS_PORT": "8080"})
+    swapped = from_env({**DOM, "HAPROXY_HTTP_PORT": "4444", "HAPROXY_STATS_PORT": "8080"})
+    assert (swapped.http_port, swapped.stats_port) == (4444, 8080)
+
+
+def test_all_problems_reported_at_once() -> None:
+    env = {
+        "HAPROXY_MAXCONN": "many",
+        "HAPROXY_TIMEOUT_CLIENT": "30 s",
+        "HAPROXY_RENDER_WAIT": "9s:1s",
+        "CONSUL_LB_STATE_DIR": "state",
+    }
+    with pytest.raises(SettingsError) as caught:
+        from_env(env)
+    message = str(caught.value)
+    for name in ("HAPROXY_DOM", *env):
+        assert name in message
+    assert message.count("\n") == len(env) + 1  # a heading, then one line per problem
+
+
+def test_unrelated_variables_are_ignored() -> None:
+    assert from_env({**DOM, "HAPROXY_UNKNOWN": "x", "PATH": "/bin"}) == Settings("example.com")
+
+
+def test_public_is_plain_strings() -> None:
+    public = from_env(DOM).public()
+    assert public["domain"] == "example.com"
+    assert public["maxconn_global"] == "50000"
+    assert public["state_dir"] == "/var/lib/consul-lb"
+    assert all(isinstance(v, str) for v in public.values())
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        ("example.com", True),
+        ("a", True),
+        ("x-1.example.com", True),
+        ("", False),
+        ("Example.com", False),
+        ("example.com\n", False),
+        ("www\n.example.com", False),
+        ("a-.com", False),
+        ("a" * 63 + ".com", True),
+        ("a" * 64 + ".com", False),
+    ],
+)
+def test_is_dns_name(name: str, ok: bool) -> None:
+    assert is_dns_name(name) is ok

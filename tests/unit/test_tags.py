@@ -1,0 +1,234 @@
+"""HAPROXY.* service tags -> ServiceOptions: defaults, overrides, and everything refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from runtime.tags import BALANCE_SIMPLE, TAGS, ServiceOptions, TagError, parse_tags
+
+ON = "HAPROXY.ENABLE=true"
+
+# The tag table of ARCHITECTURE.md (plus the FRONTEND.PORT this project added).
+DEFAULTS = {
+    "ENABLE": False,
+    "PROTOCOL": "http",
+    "BACKEND.BALANCE": "roundrobin",
+    "BACKEND.MAXCONN": None,
+    "FRONTEND.PORT": None,
+}
+# tag key -> (tags that set it, the value it gives, invalid values). FRONTEND.PORT needs
+# a tcp service, so its cases bring HAPROXY.PROTOCOL=tcp along.
+CASES: dict[str, tuple[tuple[str, ...], object, tuple[str, ...]]] = {
+    "ENABLE": ((ON,), True, ("yes", "1", "", "tru", "true ", "true\n")),
+    "PROTOCOL": (("HAPROXY.PROTOCOL=tcp",), "tcp", ("udp", "HTTP", "http ", "")),
+    "BACKEND.BALANCE": (("HAPROXY.BACKEND.BALANCE=leastconn",), "leastconn", ("rr", "")),
+    "BACKEND.MAXCONN": (
+        ("HAPROXY.BACKEND.MAXCONN=250",),
+        250,
+        ("0", "-1", "1000001", "ten", "25.0", "1e3", ""),
+    ),
+    "FRONTEND.PORT": (
+        ("HAPROXY.PROTOCOL=tcp", "HAPROXY.FRONTEND.PORT=5432"),
+        5432,
+        ("0", "65536", "99999", "-80", "80a", ""),
+    ),
+}
+
+
+def field_of(key: str) -> str:
+    return TAGS[key][0]
+
+
+def test_every_tag_is_covered() -> None:
+    assert set(DEFAULTS) == set(TAGS) == set(CASES)
+
+
+@pytest.mark.parametrize("key", sorted(DEFAULTS))
+def test_default(key: str) -> None:
+    assert getattr(parse_tags([]), field_of(key)) == DEFAULTS[key]
+
+
+@pytest.mark.parametrize("key", sorted(CASES))
+def test_override(key: str) -> None:
+    tags, expected, _ = CASES[key]
+    assert getattr(parse_tags(tags), field_of(key)) == expected
+
+
+@pytest.mark.parametrize(
+    ("key", "raw"), [(key, raw) for key, (_, _, bad) in sorted(CASES.items()) for raw in bad]
+)
+def test_invalid_value_names_the_tag(key: str, raw: str) -> None:
+    tags = ["HAPROXY.PROTOCOL=tcp"] if key == "FRONTEND.PORT" else []
+    with pytest.raises(TagError) as caught:
+        parse_tags([*tags, f"HAPROXY.{key}={raw}"])
+    message = str(caught.value)
+    assert f"HAPROXY.{key}=" in message
+    assert "\n" not in message  # one log line, whatever the tag held
+
+
+def test_enable_is_case_insensitive_and_false_is_not_published() -> None:
+    assert parse_tags(["HAPROXY.ENABLE=TRUE"]).enabled is True
+    assert parse_tags(["HAPROXY.ENABLE=False"]).enabled is False
+
+
+def test_full_http_service() -> None:
+    options = parse_tags(
+        [ON, "HAPROXY.PROTOCOL=http", "HAPROXY.BACKEND.BALANCE=source", "HAPROXY.BACKEND.MAXCONN=9"]
+    )
+    assert options == ServiceOptions(True, "http", "source", 9, None)
+
+
+@pytest.mark.parametrize(
+    "algorithm",
+    [
+        *BALANCE_SIMPLE,
+        "hdr(Host)",
+        "hdr(x-user_id)",
+        "rdp-cookie(mstshash)",
+        "url_param userid",
+    ],
+)
+def test_balance_accepted(algorithm: str) -> None:
+    assert parse_tags([f"HAPROXY.BACKEND.BALANCE={algorithm}"]).balance == algorithm
+
+
+def test_balance_simple_list_is_haproxys() -> None:
+    assert set(BALANCE_SIMPLE) >= {"roundrobin", "static-rr", "leastconn", "first", "source"}
+
+
+@pytest.mark.parametrize(
+    "algorithm",
+    [
+        "RoundRobin",
+        "round robin",
+        "roundrobin\n",
+        "hdr(host)\n",
+        "hdr(host)\n    server evil 10.0.0.1:80",
+        "url_param id\n",
+        "hdr()",
+        "hdr(host name)",
+        "hdr(host",
+        "url_param",
+        "url_param a b",
+        "uri whole",
+        "random(2)",
+        "hash path",
+        "roundrobin#",
+        "'roundrobin'",
+        "hdr(" + "a" * 65 + ")",
+    ],
+)
+def test_balance_rejected(algorithm: str) -> None:
+    with pytest.raises(TagError, match=r"HAPROXY\.BACKEND\.BALANCE"):
+        parse_tags([ON, f"HAPROXY.BACKEND.BALANCE={algorithm}"])
+
+
+@pytest.mark.parametrize(
+    "tag",
+    ["HAPROXY.BACKEND.WEIGHT=3", "HAPROXY.enable=true", "HAPROXY.=x", "HAPROXY.FRONTEND=80"],
+)
+def test_unknown_tag(tag: str) -> None:
+    with pytest.raises(TagError, match="unknown tag"):
+        parse_tags([ON, tag])
+
+
+@pytest.mark.parametrize("tag", ["HAPROXY.ENABLE", "HAPROXY.", "HAPROXY.BACKEND.MAXCONN"])
+def test_tag_without_value(tag: str) -> None:
+    with pytest.raises(TagError, match="has no '=value'"):
+        parse_tags([tag])
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [
+        [ON, "HAPROXY.ENABLE=false"],
+        [ON, "HAPROXY.ENABLE=TRUE"],
+        ["HAPROXY.PROTOCOL=http", "HAPROXY.PROTOCOL=tcp"],
+        ["HAPROXY.BACKEND.BALANCE=first", "HAPROXY.BACKEND.BALANCE=leastconn"],
+        ["HAPROXY.BACKEND.MAXCONN=10", "HAPROXY.BACKEND.MAXCONN=010"],
+    ],
+)
+def test_conflicting_duplicates(tags: list[str]) -> None:
+    with pytest.raises(TagError, match="conflicting tags"):
+        parse_tags(tags)
+    with pytest.raises(TagError, match="conflicting tags"):
+        parse_tags(list(reversed(tags)))
+
+
+def test_identical_duplicates_are_accepted() -> None:
+    tags = [ON, ON, "HAPROXY.BACKEND.MAXCONN=5", "HAPROXY.BACKEND.MAXCONN=5"]
+    assert parse_tags(tags) == ServiceOptions(enabled=True, maxconn=5)
+
+
+@pytest.mark.parametrize(
+    "tag",
+    [
+        "traefik.enable=true",
+        "haproxy.enable=maybe",
+        "HAPROXY",
+        "XHAPROXY.ENABLE=true",
+        "version=1.2 3",
+        "HAPROXYENABLE=true",
+    ],
+)
+def test_other_tags_are_ignored(tag: str) -> None:
+    assert parse_tags([ON, tag]) == ServiceOptions(enabled=True)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "true ",
+        " true",
+        "tr ue",
+        "true\n",
+        "true\nfrontend evil",
+        "true\r",
+        "true\t",
+        "true#",
+        "true # comment",
+        '"true"',
+        "'true'",
+        "true\\",
+        "\\ntrue",
+    ],
+)
+@pytest.mark.parametrize("key", ["ENABLE", "PROTOCOL", "BACKEND.BALANCE", "BACKEND.MAXCONN"])
+def test_hostile_values_rejected(key: str, value: str) -> None:
+    good = {"ENABLE": "true", "PROTOCOL": "tcp", "BACKEND.BALANCE": "first"}
+    raw = value.replace("true", good.get(key, "12"))
+    with pytest.raises(TagError) as caught:
+        parse_tags([f"HAPROXY.{key}={raw}"])
+    assert "\n" not in str(caught.value) and "\r" not in str(caught.value)
+
+
+def test_long_hostile_tag_is_shortened_in_the_message() -> None:
+    with pytest.raises(TagError) as caught:
+        parse_tags(["HAPROXY.BACKEND.BALANCE=" + "x" * 5000])
+    assert len(str(caught.value)) < 600
+
+
+@pytest.mark.parametrize(("port", "ok"), [("1", True), ("65535", True), ("0", False)])
+def test_frontend_port_range(port: str, ok: bool) -> None:
+    tags = ["HAPROXY.PROTOCOL=tcp", f"HAPROXY.FRONTEND.PORT={port}"]
+    if ok:
+        assert parse_tags(tags).frontend_port == int(port)
+    else:
+        with pytest.raises(TagError, match=r"1\.\.65535"):
+            parse_tags(tags)
+
+
+@pytest.mark.parametrize("protocol", [[], ["HAPROXY.PROTOCOL=http"]])
+def test_frontend_port_on_http_service_rejected(protocol: list[str]) -> None:
+    with pytest.raises(TagError, match=r"HAPROXY\.FRONTEND\.PORT applies to tcp services"):
+        parse_tags([ON, *protocol, "HAPROXY.FRONTEND.PORT=9000"])
+
+
+def test_tcp_service_without_port_parses() -> None:
+    # The model skips it (it cannot be routed); the tags themselves are fine.
+    assert parse_tags([ON, "HAPROXY.PROTOCOL=tcp"]).frontend_port is None
+
+
+def test_input_order_does_not_matter() -> None:
+    tags = [ON, "HAPROXY.PROTOCOL=tcp", "HAPROXY.FRONTEND.PORT=6379", "team=cache"]
+    assert parse_tags(tags) == parse_tags(reversed(tags))
