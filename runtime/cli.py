@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from runtime import __version__, haproxy_mode, logs, model
+from runtime import __version__, haproxy_mode, logs, model, template_mode
 from runtime.consul_config import ConsulConfig, ConsulConfigError
 from runtime.haproxy_files import Paths
 from runtime.limits import fit
@@ -47,6 +47,7 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=ENV_HELP,
     )
+    template_mode.add_parser(sub)
     hp.add_argument(
         "--dry-run",
         action="store_true",
@@ -60,6 +61,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = os.environ
     logs.setup(env.get("CONSUL_LB_LOG_LEVEL", "info"), env.get("CONSUL_LB_LOG_FORMAT", "text"))
     log = logging.getLogger("main")
+    if args.command == "template":
+        # Template mode needs no HAPROXY_* settings.
+        try:
+            consul = ConsulConfig.from_env(env)
+        except ConsulConfigError as exc:
+            print(f"consul-lb: {exc}", file=sys.stderr)
+            return 2
+        log.info("consul-lb %s starting in template mode", __version__)
+        return template_mode.run(args, consul)
     try:
         settings = from_env(env)
         consul = ConsulConfig.from_env(env)

@@ -14,11 +14,22 @@ from runtime.limits import Limits
 from runtime.model import LoadBalancer
 from runtime.settings import Settings
 
-# In the images the templates live here; from a checkout, next to the package.
-TEMPLATE_DIRS = (
-    Path(os.environ.get("CONSUL_LB_TEMPLATES", "/usr/share/consul-lb/templates")),
-    Path(__file__).resolve().parent.parent / "templates",
+# The shipped templates: in the images under /usr/share, from a checkout next to the
+# package. An operator's own directory (CONSUL_LB_TEMPLATES) comes first; its templates
+# can include the shipped ones as "default/<name>".
+SHIPPED_TEMPLATES = next(
+    (
+        p
+        for p in (
+            Path("/usr/share/consul-lb/templates"),
+            Path(__file__).resolve().parent.parent / "templates",
+        )
+        if p.is_dir()
+    ),
+    Path("templates"),
 )
+OPERATOR_TEMPLATES = [Path(p) for p in os.environ.get("CONSUL_LB_TEMPLATES", "").split(":") if p]
+TEMPLATE_DIRS = (*OPERATOR_TEMPLATES, SHIPPED_TEMPLATES)
 HAPROXY_TEMPLATE = "haproxy.cfg.j2"
 HOSTS_MAP = "hosts.map"
 
@@ -31,7 +42,12 @@ def server_address(address: str) -> str:
 
 def environment(search_path: list[Path] | tuple[Path, ...]) -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader([str(p) for p in search_path]),
+        loader=jinja2.ChoiceLoader(
+            [
+                jinja2.FileSystemLoader([str(p) for p in search_path]),
+                jinja2.PrefixLoader({"default": jinja2.FileSystemLoader(str(SHIPPED_TEMPLATES))}),
+            ]
+        ),
         undefined=jinja2.StrictUndefined,
         autoescape=False,  # the output is haproxy.cfg, not HTML
         trim_blocks=True,

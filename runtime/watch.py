@@ -72,7 +72,7 @@ class Outage:
                 self.since = time.monotonic()
                 log.warning(
                     "Consul at %s unreachable (%s); retrying with backoff, "
-                    "HAProxy keeps serving the last good configuration",
+                    "what was rendered last stays in place",
                     self.address,
                     _describe(exc),
                 )

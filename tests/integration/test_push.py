@@ -14,7 +14,6 @@ import docker
 import pytest
 import requests
 
-from devtools import images
 from tests.integration.conftest import image_names
 
 ROOT = Path(__file__).resolve().parents[2]
