@@ -58,7 +58,7 @@ def check(files: HaproxyFiles, haproxy: str = "haproxy") -> Validation:
         for name, text in files.files().items():
             Path(tmp, name).write_text(text)
         proc = subprocess.run(
-            [haproxy, "-c", "-q", "-f", str(Path(tmp, "haproxy.cfg"))],
+            [haproxy, "-c", "-f", str(Path(tmp, "haproxy.cfg"))],
             capture_output=True,
             text=True,
             check=False,

@@ -7,18 +7,20 @@ installed (the running one keeps serving).
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from types import FrameType
 
-from runtime import model
+from runtime import iptables, model
 from runtime.catalog import Catalog
 from runtime.consul_config import ConsulConfig
 from runtime.haproxy_files import Paths, check, install, read_installed
-from runtime.haproxy_process import Haproxy, ReloadError
+from runtime.haproxy_process import Haproxy, ReloadError, make
 from runtime.limits import Limits, fit
 from runtime.render import HaproxyFiles, render_haproxy
 from runtime.settings import Settings
@@ -27,11 +29,42 @@ from runtime.watch import CatalogWatcher
 log = logging.getLogger("apply")
 
 
+def render_lb(
+    lb: model.LoadBalancer, settings: Settings, limits: Limits, paths: Paths
+) -> HaproxyFiles:
+    return render_haproxy(lb, settings, limits, paths.template_paths())
+
+
 def render_catalog(
     catalog: Catalog, settings: Settings, limits: Limits, paths: Paths
 ) -> tuple[HaproxyFiles, model.LoadBalancer, list[str]]:
     lb, problems = model.build(catalog, settings)
-    return render_haproxy(lb, settings, limits, paths.template_paths()), lb, problems
+    return render_lb(lb, settings, limits, paths), lb, problems
+
+
+def without(lb: model.LoadBalancer, reasons: dict[str, str]) -> model.LoadBalancer:
+    """``lb`` with the named services moved to the skipped list."""
+    return model.LoadBalancer(
+        tuple(b for b in lb.backends if b.service not in reasons),
+        tuple(
+            sorted(
+                [*lb.skipped, *(model.Skipped(name, why) for name, why in reasons.items())],
+                key=lambda s: s.service,
+            )
+        ),
+    )
+
+
+def port_free(port: int) -> bool:
+    """Whether a new tcp frontend could bind ``port`` here. haproxy -c does not bind, and a
+    port taken by another program (with host networking, any program on the host) would
+    make every later reload fail."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass
@@ -44,8 +77,11 @@ class Applier:
     paths: Paths
     haproxy: Haproxy
     current: HaproxyFiles | None = None
+    applied: model.LoadBalancer | None = None
     reported: set[str] = field(default_factory=set)
     failed_validations: int = 0
+    reloads: int = 0
+    failed_reloads: int = 0
 
     def report(self, lines: list[str]) -> None:
         for line in lines:
@@ -53,41 +89,129 @@ class Applier:
                 log.warning("%s", line)
         self.reported = set(lines)
 
+    def taken_ports(self, lb: model.LoadBalancer) -> dict[str, str]:
+        ours = set(frontend_ports(self.applied, self.settings)) if self.applied else set()
+        return {
+            b.service: f"HAPROXY.FRONTEND.PORT={b.frontend_port} is in use by another program"
+            for b in lb.tcp_backends
+            if b.frontend_port is not None
+            and b.frontend_port not in ours
+            and not port_free(b.frontend_port)
+        }
+
+    def isolate(self, lb: model.LoadBalancer, message: str) -> model.LoadBalancer | None:
+        """The new configuration failed haproxy -c: try each changed service alone on top
+        of the last good configuration, leave out those that fail, and check again."""
+        good = {b.service: b for b in self.applied.backends} if self.applied else {}
+        changed = [b for b in lb.backends if good.get(b.service) != b]
+        culprits: dict[str, str] = {}
+        for backend in changed:
+            trial = model.LoadBalancer(
+                tuple(
+                    sorted(
+                        [*(b for n, b in good.items() if n != backend.service), backend],
+                        key=lambda b: b.service,
+                    )
+                ),
+                (),
+            )
+            result = check(render_lb(trial, self.settings, self.limits, self.paths))
+            if not result.ok:
+                culprits[backend.service] = (
+                    f"haproxy -c rejects its configuration: {result.message}"
+                )
+        if not culprits:
+            return None
+        narrowed = without(lb, culprits)
+        if not check(render_lb(narrowed, self.settings, self.limits, self.paths)).ok:
+            return None
+        return narrowed
+
     def apply(self, catalog: Catalog, force: bool = False) -> bool:
         """Render, check and apply; True when HAProxy now runs the new configuration."""
+        try:
+            return self._apply(catalog, force)
+        finally:
+            self.write_state()
+
+    def write_state(self) -> None:
+        """What the load balancer does now, for operators and tests: state.json in the
+        state directory (counters, published and skipped services)."""
+        lb = self.applied
+        state = {
+            "strategy": self.haproxy.strategy,
+            "reloads": self.reloads,
+            "failed_reloads": self.failed_reloads,
+            "failed_validations": self.failed_validations,
+            "updated": time.time(),
+            "services": [b.service for b in lb.backends] if lb else [],
+            "skipped": [{"service": s.service, "reason": s.reason} for s in lb.skipped]
+            if lb
+            else [],
+        }
+        tmp = self.paths.state_dir / ".state.json.tmp"
+        tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+        tmp.replace(self.paths.state_dir / "state.json")
+
+    def _apply(self, catalog: Catalog, force: bool) -> bool:
         started = time.monotonic()
-        files, lb, problems = render_catalog(catalog, self.settings, self.limits, self.paths)
-        self.report(
-            [f"skipping service {s.service!r}: {s.reason}" for s in lb.skipped]
-            + [f"leaving out {p}" for p in problems]
-        )
+        lb, problems = model.build(catalog, self.settings)
+        lb = without(lb, self.taken_ports(lb))
+        files = render_lb(lb, self.settings, self.limits, self.paths)
         if files == self.current and not force and self.haproxy.running():
+            self.report_lb(lb, problems)
             log.debug("catalog changed but the configuration did not; nothing to apply")
             return False
         result = check(files)
         if not result.ok:
             self.failed_validations += 1
-            log.error(
-                "new configuration rejected by haproxy -c, keeping the running one: %s",
-                result.message,
-            )
-            return False
+            narrowed = self.isolate(lb, result.message)
+            if narrowed is None:
+                self.report_lb(lb, problems)
+                log.error(
+                    "new configuration rejected by haproxy -c, keeping the running one: %s",
+                    result.message,
+                )
+                return False
+            lb = narrowed
+            files = render_lb(lb, self.settings, self.limits, self.paths)
+        self.report_lb(lb, problems)
+        previous = self.current
         install(files, self.paths)
-        self.current = files
-        outcome = self.haproxy.reload()
+        outcome = self.haproxy.reload(frontend_ports(lb, self.settings))
         took = time.monotonic() - started
-        if outcome.ok:
-            log.info(
-                "applied: %d service(s), %d server(s), %d skipped (%s, %.0f ms)",
-                len(lb.backends),
-                sum(len(b.servers) for b in lb.backends),
-                len(lb.skipped),
-                outcome.detail or "reloaded",
-                took * 1000,
+        if outcome.detail != "started":
+            self.reloads += 1
+        if not outcome.ok:
+            self.failed_reloads += 1
+            log.error(
+                "haproxy reload failed, the previous process keeps serving: %s", outcome.detail
             )
-            return True
-        log.error("haproxy reload failed, the previous worker keeps serving: %s", outcome.detail)
-        return False
+            if previous is not None:
+                # So that a restart or the next reload starts from what is running.
+                install(previous, self.paths)
+            return False
+        self.current, self.applied = files, lb
+        log.info(
+            "applied: %d service(s), %d server(s), %d skipped (%s, %.0f ms)",
+            len(lb.backends),
+            sum(len(b.servers) for b in lb.backends),
+            len(lb.skipped),
+            outcome.detail or f"{self.haproxy.strategy} reload",
+            took * 1000,
+        )
+        return True
+
+    def report_lb(self, lb: model.LoadBalancer, problems: list[str]) -> None:
+        self.report(
+            [f"skipping service {s.service!r}: {s.reason}" for s in lb.skipped]
+            + [f"leaving out {p}" for p in problems]
+        )
+
+
+def frontend_ports(lb: model.LoadBalancer, settings: Settings) -> list[int]:
+    ports = [settings.http_port, settings.stats_port]
+    return ports + [b.frontend_port for b in lb.tcp_backends if b.frontend_port is not None]
 
 
 def run(settings: Settings, consul: ConsulConfig) -> int:
@@ -95,7 +219,13 @@ def run(settings: Settings, consul: ConsulConfig) -> int:
     log.info("%s", limits.describe(settings.maxconn_global))
     paths = Paths(settings.state_dir)
     paths.state_dir.mkdir(parents=True, exist_ok=True)
-    haproxy = Haproxy(paths)
+    haproxy = make(settings.reload_strategy, paths)
+    try:
+        haproxy.prepare()
+    except iptables.IptablesError as exc:
+        log.error("%s", exc)
+        return 2
+    log.info("reload strategy: %s", settings.reload_strategy)
     applier = Applier(settings, limits, paths, haproxy, current=read_installed(paths))
     watcher = CatalogWatcher(consul, model.wants)
     stop = threading.Event()
@@ -133,7 +263,7 @@ def drain(haproxy: Haproxy, settings: Settings) -> int:
         return 0
     log.info("SIGTERM: health check now fails; draining for %.1fs", settings.drain_seconds)
     try:
-        haproxy.set_server_state("consul_lb_health", "serving", "maint")
+        haproxy.admin("set server consul_lb_health/serving state maint")
     except OSError as exc:
         log.warning("could not fail the health check before stopping: %s", exc)
     time.sleep(settings.drain_seconds)

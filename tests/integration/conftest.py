@@ -3,6 +3,7 @@ test session through pytest-docker, and a Consul client that cleans up after eac
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ from devtools import images
 
 HERE = Path(__file__).resolve().parent
 DOMAIN = "test.local"
+VOLUMES = {"haproxy": "state-seamless", "haproxy-syndrop": "state-syndrop"}
 
 
 def image_names() -> images.ImageNames:
@@ -74,12 +76,17 @@ class Stack:
 
     def __init__(self, services: Services, project: str) -> None:
         self.project = project
+        self.services = services
         self.consul = f"http://127.0.0.1:{services.port_for('consul', 8500)}"
         self.http = f"http://127.0.0.1:{services.port_for('haproxy', 8080)}"
         self.stats = f"http://127.0.0.1:{services.port_for('haproxy', 4444)}"
         self.tcp_port = services.port_for("haproxy", 9000)
         self.docker = docker.from_env()
         self.registered: list[str] = []
+
+    def port(self, service: str, container_port: int) -> int:
+        """The 127.0.0.1 port a container port of the stack is published on."""
+        return int(self.services.port_for(service, container_port))
 
     def container(self, service: str) -> Any:
         return self.docker.containers.get(f"{self.project}-{service}-1")
@@ -128,6 +135,16 @@ class Stack:
         if r.status_code != 200:
             return None
         return str(r.json()["backend"])
+
+    def state(self, service: str = "haproxy") -> dict[str, Any]:
+        """The runtime's state.json, read from its named volume."""
+        volume = self.docker.volumes.get(f"{self.project}_{VOLUMES[service]}")
+        path = Path(volume.attrs["Mountpoint"]) / "state.json"
+        try:
+            state: dict[str, Any] = json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+        return state
 
     def logs(self, service: str = "haproxy") -> str:
         return str(self.container(service).logs().decode(errors="replace"))

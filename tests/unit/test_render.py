@@ -102,6 +102,7 @@ def test_tcp_service_gets_its_own_frontend_and_backend() -> None:
     assert block(files.config, "frontend tcp_5432") == [
         "bind :5432",
         "mode tcp",
+        "option tcplog",
         "default_backend db.example.com",
     ]
     assert block(files.config, "backend db.example.com") == [
