@@ -294,3 +294,39 @@ def deploy(
         )
     except (mt.AppDefinitionError, mt.DeployError, ValueError) as exc:
         raise _fail(exc) from None
+
+
+BENCHES = ("reload", "render")
+
+
+@task(
+    help={
+        "name": f"which benchmark: {', '.join(BENCHES)}",
+        "duration": "reload: seconds under load per strategy and mode (default 30)",
+        "interval": "reload: seconds between two reloads (default 0.1)",
+        "strategies": "reload: comma-separated subset of none,naive,syn-drop,seamless",
+        "namespace": "namespace of the images to measure",
+        "tag": "tag of the images to measure",
+    }
+)
+def bench(
+    c: Context,
+    name: str,
+    duration: float = 30.0,
+    interval: float = 0.1,
+    strategies: str = "none,naive,syn-drop,seamless",
+    namespace: str = DEFAULT_NAMESPACE,
+    tag: str = DEFAULT_TAG,
+) -> None:
+    """Run a benchmark (reload, render) against the built images and print a table."""
+    names = images.ImageNames(namespace, tag)
+    if name == "reload":
+        from devtools import bench_reload
+
+        bench_reload.main(names, duration, interval, tuple(strategies.split(",")))
+    elif name == "render":
+        from devtools import bench_render
+
+        bench_render.main()
+    else:
+        raise Exit(f"error: unknown benchmark {name!r}; choose one of {', '.join(BENCHES)}")
