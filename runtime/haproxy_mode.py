@@ -82,6 +82,8 @@ class Applier:
     failed_validations: int = 0
     reloads: int = 0
     failed_reloads: int = 0
+    renders: int = 0
+    last_render_seconds: float = 0.0
 
     def report(self, lines: list[str]) -> None:
         for line in lines:
@@ -158,6 +160,8 @@ class Applier:
         lb, problems = model.build(catalog, self.settings)
         lb = without(lb, self.taken_ports(lb))
         files = render_lb(lb, self.settings, self.limits, self.paths)
+        self.renders += 1
+        self.last_render_seconds = time.monotonic() - started
         if files == self.current and not force and self.haproxy.running():
             self.report_lb(lb, problems)
             log.debug("catalog changed but the configuration did not; nothing to apply")

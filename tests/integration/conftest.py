@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +20,8 @@ from devtools import images
 
 HERE = Path(__file__).resolve().parent
 DOMAIN = "test.local"
+# Given to the load balancers of the stack: it must appear in no log, endpoint or metric.
+CONSUL_TOKEN = f"token-{uuid.uuid4()}"
 VOLUMES = {"haproxy": "state-seamless", "haproxy-syndrop": "state-syndrop"}
 
 
@@ -36,6 +39,7 @@ def docker_compose_file() -> str:
     for name in ("haproxy", "consul-template"):
         if not images.image_exists(client, names.ref(name)):
             pytest.fail(f"{names.ref(name)} is missing: run `invoke test` (it builds the images)")
+    os.environ["TEST_CONSUL_TOKEN"] = CONSUL_TOKEN
     os.environ["HAPROXY_IMAGE"] = names.ref("haproxy")
     os.environ["BACKEND_IMAGE"] = names.ref("consul-template")
     os.environ["CONSUL_IMAGE"] = images.ensure_consul_image(
