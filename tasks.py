@@ -296,7 +296,7 @@ def deploy(
         raise _fail(exc) from None
 
 
-BENCHES = ("reload", "render")
+BENCHES = ("reload", "render", "converge")
 
 
 @task(
@@ -305,6 +305,7 @@ BENCHES = ("reload", "render")
         "duration": "reload: seconds under load per strategy and mode (default 30)",
         "interval": "reload: seconds between two reloads (default 0.1)",
         "strategies": "reload: comma-separated subset of none,naive,syn-drop,seamless",
+        "rounds": "converge: registrations to time (default 100)",
         "namespace": "namespace of the images to measure",
         "tag": "tag of the images to measure",
     }
@@ -315,15 +316,20 @@ def bench(
     duration: float = 30.0,
     interval: float = 0.1,
     strategies: str = "none,naive,syn-drop,seamless",
+    rounds: int = 100,
     namespace: str = DEFAULT_NAMESPACE,
     tag: str = DEFAULT_TAG,
 ) -> None:
-    """Run a benchmark (reload, render) against the built images and print a table."""
+    """Run a benchmark (reload, render, converge) against the built images and print a table."""
     names = images.ImageNames(namespace, tag)
     if name == "reload":
         from devtools import bench_reload
 
         bench_reload.main(names, duration, interval, tuple(strategies.split(",")))
+    elif name == "converge":
+        from devtools import bench_converge
+
+        bench_converge.main(names, rounds)
     elif name == "render":
         from devtools import bench_render
 

@@ -15,9 +15,13 @@ from typing import Any
 from runtime.durations import DurationError, parse_duration, parse_wait
 
 # HAProxy time format: a number with an optional unit (milliseconds without one).
-HAPROXY_TIME = re.compile(r"^[0-9]{1,9}(us|ms|s|m|h|d)?$")
-DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-RELOAD_STRATEGIES = ("seamless",)
+# `\Z`, not `$`: `$` also matches before a trailing newline.
+HAPROXY_TIME = re.compile(r"^[0-9]{1,9}(us|ms|s|m|h|d)?\Z")
+DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
+# The state directory is written into haproxy.cfg unquoted (admin socket, state file).
+STATE_DIR = re.compile(r"^/[A-Za-z0-9._/-]{0,200}\Z")
+# See runtime/haproxy_process.py; the first is the default.
+RELOAD_STRATEGIES = ("seamless", "syn-drop", "naive")
 
 
 class SettingsError(ValueError):
@@ -55,6 +59,10 @@ class Settings:
     # Seconds the health URI reports "down" before HAProxy soft-stops on SIGTERM.
     drain_seconds: float = 5.0
     hard_stop_after: str = "30s"
+    # Server-only changes through HAProxy's runtime API instead of a reload.
+    runtime_api: bool = True
+    # Longest a removed server drains before its remaining connections are closed.
+    server_drain_timeout: float = 30.0
     state_dir: Path = Path("/var/lib/consul-lb")
 
     def public(self) -> dict[str, Any]:
@@ -93,11 +101,28 @@ def _strategy(raw: str) -> str:
     return raw
 
 
+def _state_dir(raw: str) -> Path:
+    if not STATE_DIR.match(raw):
+        raise ValueError(
+            f"expected an absolute path of letters, digits, '.', '_', '-' and '/', got {raw!r}"
+        )
+    return Path(raw)
+
+
 def _seconds(raw: str) -> float:
     try:
         return parse_duration(raw)
     except DurationError as exc:
         raise ValueError(str(exc)) from exc
+
+
+def _bool(raw: str) -> bool:
+    value = raw.lower()
+    if value in {"true", "1", "yes", "on"}:
+        return True
+    if value in {"false", "0", "no", "off"}:
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
 
 
 PORT = _int(1, 65535)
@@ -121,7 +146,9 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "HAPROXY_RELOAD_STRATEGY": ("reload_strategy", _strategy),
     "HAPROXY_DRAIN_SECONDS": ("drain_seconds", _seconds),
     "HAPROXY_HARD_STOP_AFTER": ("hard_stop_after", _haproxy_time),
-    "CONSUL_LB_STATE_DIR": ("state_dir", Path),
+    "HAPROXY_RUNTIME_API": ("runtime_api", _bool),
+    "HAPROXY_SERVER_DRAIN_TIMEOUT": ("server_drain_timeout", _seconds),
+    "CONSUL_LB_STATE_DIR": ("state_dir", _state_dir),
 }
 
 

@@ -32,6 +32,8 @@ OWN_DEFAULTS = {
     "HAPROXY_RELOAD_STRATEGY": "seamless",
     "HAPROXY_DRAIN_SECONDS": 5.0,
     "HAPROXY_HARD_STOP_AFTER": "30s",
+    "HAPROXY_RUNTIME_API": True,
+    "HAPROXY_SERVER_DRAIN_TIMEOUT": 30.0,
     "CONSUL_LB_STATE_DIR": Path("/var/lib/consul-lb"),
 }
 # variable -> (raw override, the value it gives, invalid raw values)
@@ -50,9 +52,11 @@ CASES: dict[str, tuple[str, object, tuple[str, ...]]] = {
     "HAPROXY_TIMEOUT_QUEUE": ("1h", "1h", ("1234567890s", "h")),
     "HAPROXY_HTTP_PORT": ("80", 80, ("0", "65536", "http")),
     "HAPROXY_STATS_PORT": ("9000", 9000, ("0", "70000", "-1")),
-    "HAPROXY_RELOAD_STRATEGY": ("seamless", "seamless", ("iptables", "SEAMLESS")),
+    "HAPROXY_RELOAD_STRATEGY": ("syn-drop", "syn-drop", ("iptables", "SEAMLESS")),
     "HAPROXY_DRAIN_SECONDS": ("2s", 2.0, ("soon", "-1s", "2 s")),
     "HAPROXY_HARD_STOP_AFTER": ("5m", "5m", ("5 m", "never")),
+    "HAPROXY_RUNTIME_API": ("false", False, ("maybe", "2", "enabled")),
+    "HAPROXY_SERVER_DRAIN_TIMEOUT": ("2m", 120.0, ("later", "-5s")),
     "CONSUL_LB_STATE_DIR": (
         "/run/consul-lb",
         Path("/run/consul-lb"),

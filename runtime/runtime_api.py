@@ -1,0 +1,187 @@
+"""Server changes without a reload, through HAProxy's runtime API (the admin socket).
+
+Most catalog changes are instances coming and going. When two load balancers differ only
+in the servers of backends whose balance algorithm accepts dynamic servers, the change is
+applied with ``add server`` / ``del server`` instead of a reload:
+
+- an added instance: ``add server`` (created in maintenance), ``enable health``, then
+  ``set server ... state ready``;
+- a removed or failing instance is drained, not cut: ``set server ... state drain`` (no
+  new connections, open ones go on), then deleted once it has no connection left, or
+  after the drain timeout (``shutdown sessions`` first).
+
+``add server``/``del server`` were chosen over pre-allocated ``server-template`` slots
+because they keep the Consul-derived server names (stable in stats, logs and the server
+state file), need no slot sizing, and leave the rendered file identical to what a reload
+would produce. Their limit, backends with a non-dynamic algorithm (``static-rr`` and the
+hash-based ones), is handled by reloading for those.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from runtime.model import Backend, LoadBalancer, Server
+from runtime.render import server_address
+
+log = logging.getLogger("runtime-api")
+
+# Algorithms with which HAProxy accepts "add server" (see "add server" in HAProxy's
+# management guide: the backend must use a dynamic load-balancing algorithm).
+DYNAMIC_BALANCE = frozenset({"roundrobin", "leastconn", "first", "random"})
+
+
+class RuntimeApiError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ServerChange:
+    backend: Backend  # the new backend (for its server options)
+    added: tuple[Server, ...]
+    removed: tuple[Server, ...]
+
+
+def server_only_changes(old: LoadBalancer, new: LoadBalancer) -> list[ServerChange] | None:
+    """The server changes between two load balancers, or None when the change is
+    structural (services, tags, settings, or a server that changed address)."""
+
+    def shape(b: Backend) -> Backend:
+        return dataclasses.replace(b, servers=())
+
+    if [shape(b) for b in old.backends] != [shape(b) for b in new.backends]:
+        return None
+    changes: list[ServerChange] = []
+    for before, after in zip(old.backends, new.backends, strict=True):
+        if before.servers == after.servers:
+            continue
+        if after.balance not in DYNAMIC_BALANCE:
+            return None
+        old_by_name = {s.name: s for s in before.servers}
+        new_by_name = {s.name: s for s in after.servers}
+        if any(old_by_name[n] != new_by_name[n] for n in old_by_name.keys() & new_by_name.keys()):
+            return None
+        changes.append(
+            ServerChange(
+                after,
+                tuple(s for s in after.servers if s.name not in old_by_name),
+                tuple(s for s in before.servers if s.name not in new_by_name),
+            )
+        )
+    return changes
+
+
+def server_options(backend: Backend) -> str:
+    """What ``default-server`` gives rendered servers: dynamic servers do not inherit it."""
+    options = "check inter 10s fall 1"
+    if backend.maxconn is not None:
+        options += f" maxconn {backend.maxconn}"
+    return options
+
+
+@dataclass
+class Draining:
+    backend: str
+    server: Server
+    deadline: float
+    shut: bool = False
+
+
+class RuntimeApi:
+    """Applies server changes over the admin socket and finishes drains."""
+
+    def __init__(self, admin: Callable[[str], str], drain_timeout: float) -> None:
+        self.admin = admin
+        self.drain_timeout = drain_timeout
+        self.draining: dict[tuple[str, str], Draining] = {}
+        self.commands = 0
+
+    def _run(self, command: str, success: str = "") -> None:
+        """One command; HAProxy answers nothing on success, except where ``success`` says."""
+        answer = self.admin(command).strip()
+        self.commands += 1
+        if answer != success and not (success and answer.startswith(success)):
+            raise RuntimeApiError(f"{command!r}: {answer or 'no answer'}")
+
+    def apply(self, changes: list[ServerChange]) -> tuple[int, int]:
+        """Apply the changes; (servers added, servers put to drain)."""
+        added = drained = 0
+        for change in changes:
+            be = change.backend.name
+            for server in change.removed:
+                self._run(f"set server {be}/{server.name} state drain")
+                self.draining[(be, server.name)] = Draining(
+                    be, server, time.monotonic() + self.drain_timeout
+                )
+                drained += 1
+            for server in change.added:
+                pending = self.draining.pop((be, server.name), None)
+                if pending is not None:
+                    # Back before its drain finished: the same server, ready again.
+                    self._run(f"set server {be}/{server.name} state ready")
+                else:
+                    self._run(
+                        f"add server {be}/{server.name} "
+                        f"{server_address(server.address)}:{server.port} "
+                        f"{server_options(change.backend)}",
+                        success="New server registered",
+                    )
+                    self._run(f"enable health {be}/{server.name}")
+                    self._run(f"set server {be}/{server.name} state ready")
+                added += 1
+        return added, drained
+
+    def sweep(self) -> int:
+        """Delete drained servers that have no connection left, or whose drain timed out;
+        returns how many were deleted."""
+        if not self.draining:
+            return 0
+        sessions = self.current_sessions()
+        deleted = 0
+        now = time.monotonic()
+        for key, entry in list(self.draining.items()):
+            be, name = key
+            busy = sessions.get(key, 0)
+            if busy and now < entry.deadline:
+                continue
+            if busy and not entry.shut:
+                log.warning(
+                    "%s/%s still has %d connection(s) after the %.0fs drain timeout; closing them",
+                    be,
+                    name,
+                    busy,
+                    self.drain_timeout,
+                )
+                self._run(f"shutdown sessions server {be}/{name}")
+                entry.shut = True
+            self._run(f"set server {be}/{name} state maint")
+            answer = self.admin(f"del server {be}/{name}").strip()
+            self.commands += 1
+            if answer.startswith("Server deleted"):
+                del self.draining[key]
+                deleted += 1
+            else:
+                # Usually idle connections still attached; try again on the next sweep.
+                log.debug("del server %s/%s: %s", be, name, answer)
+        return deleted
+
+    def current_sessions(self) -> dict[tuple[str, str], int]:
+        """Open sessions per (backend, server), from ``show stat``."""
+        text = self.admin("show stat -1 4 -1").lstrip("# ")
+        self.commands += 1
+        out: dict[tuple[str, str], int] = {}
+        for row in csv.DictReader(io.StringIO(text)):
+            if row.get("scur", "").isdigit():
+                out[(row["pxname"], row["svname"])] = int(row["scur"])
+        return out
+
+    def forget(self) -> None:
+        """After a reload the new process has none of the draining servers; the old one
+        finishes their connections on its own."""
+        self.draining.clear()
