@@ -33,7 +33,8 @@ def _last_json(container: Any, marker: str = "") -> dict[str, Any]:
     lines = container.logs(stdout=True, stderr=False).decode().strip().splitlines()
     found = [ln[len(marker) :] for ln in lines if ln.startswith(marker + "{")]
     if not found:
-        raise images.ImageError(f"no result from {container.name}: {lines[-5:]}")
+        errors = container.logs(stdout=False, stderr=True).decode().strip().splitlines()
+        raise images.ImageError(f"no result from {container.name}: {(lines + errors)[-8:]}")
     result: dict[str, Any] = json.loads(found[-1])
     return result
 
