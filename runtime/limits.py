@@ -12,8 +12,11 @@ from __future__ import annotations
 import resource
 from dataclasses import dataclass
 
-# Descriptors kept aside for listeners, health checks, the admin socket and logs.
+# Descriptors kept aside for listeners, the admin socket and logs.
 RESERVED_FDS = 1000
+# Each server with a health check holds one more descriptor. Counted in steps, so that
+# instances coming and going do not change the rendered maxconn (and force a reload).
+SERVER_STEP = 1000
 
 
 @dataclass(frozen=True)
@@ -32,12 +35,14 @@ class Limits:
         )
 
 
-def fit(maxconn_global: int, maxconn: int, nofile: int | None = None) -> Limits:
-    """Largest global and per-frontend maxconn, at most as asked, that fit ``nofile``."""
+def fit(maxconn_global: int, maxconn: int, nofile: int | None = None, servers: int = 0) -> Limits:
+    """Largest global and per-frontend maxconn, at most as asked, that fit ``nofile``
+    next to ``servers`` health-checked servers."""
     if nofile is None:
         _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         nofile = hard if hard != resource.RLIM_INFINITY else 1 << 20
-    allowed = max(1, (nofile - RESERVED_FDS) // 2)
+    server_fds = -(-servers // SERVER_STEP) * SERVER_STEP  # rounded up to a step
+    allowed = max(1, (nofile - RESERVED_FDS - server_fds) // 2)
     fitted_global = min(maxconn_global, allowed)
     return Limits(
         maxconn_global=fitted_global,

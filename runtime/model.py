@@ -15,7 +15,8 @@ from runtime.tags import PREFIX, ServiceOptions, TagError, parse_tags
 # `\Z`, not `$`: `$` also matches before a trailing newline, which would end the line
 # in haproxy.cfg.
 SERVER_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}\Z")
-HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\Z")
+# One label of a host name; HAProxy refuses empty labels ("a..b") at parse time.
+HOST_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 
 
 @dataclass(frozen=True)
@@ -66,10 +67,18 @@ def valid_address(address: str) -> bool:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
-        return bool(HOSTNAME.match(address))
+        return 0 < len(address) <= 253 and all(
+            HOST_LABEL.match(label) for label in address.split(".")
+        )
     # Python accepts any text as an IPv6 scope ("fe80::1%<anything>", newlines included);
     # it would be written into haproxy.cfg as is, so addresses with a scope are refused.
     return not (isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None)
+
+
+def shorten(text: str, limit: int = 80) -> str:
+    """A value as one short log line can show it: quoted, control characters escaped."""
+    shown = text.encode("unicode_escape").decode("ascii")
+    return repr(shown[:limit] + ("..." if len(shown) > limit else ""))
 
 
 def server_name(instance: Instance) -> str:
@@ -88,10 +97,13 @@ def servers_of(service: Service) -> tuple[tuple[Server, ...], list[str]]:
     used: set[str] = set()
     for inst in sorted(service.instances):
         if not valid_address(inst.address):
-            problems.append(f"instance {inst.service_id!r} has an invalid address {inst.address!r}")
+            problems.append(
+                f"instance {shorten(inst.service_id)} has an invalid address "
+                f"{shorten(inst.address)}"
+            )
             continue
         if not 0 < inst.port < 65536:
-            problems.append(f"instance {inst.service_id!r} has an invalid port {inst.port}")
+            problems.append(f"instance {shorten(inst.service_id)} has an invalid port {inst.port}")
             continue
         name = server_name(inst)
         if name in used:

@@ -46,11 +46,12 @@ class ServerChange:
     backend: Backend  # the new backend (for its server options)
     added: tuple[Server, ...]
     removed: tuple[Server, ...]
+    moved: tuple[Server, ...] = ()  # same name (Consul ID), new address or port
 
 
 def server_only_changes(old: LoadBalancer, new: LoadBalancer) -> list[ServerChange] | None:
     """The server changes between two load balancers, or None when the change is
-    structural (services, tags, settings, or a server that changed address)."""
+    structural (services, tags, settings)."""
 
     def shape(b: Backend) -> Backend:
         return dataclasses.replace(b, servers=())
@@ -65,13 +66,12 @@ def server_only_changes(old: LoadBalancer, new: LoadBalancer) -> list[ServerChan
             return None
         old_by_name = {s.name: s for s in before.servers}
         new_by_name = {s.name: s for s in after.servers}
-        if any(old_by_name[n] != new_by_name[n] for n in old_by_name.keys() & new_by_name.keys()):
-            return None
         changes.append(
             ServerChange(
                 after,
                 tuple(s for s in after.servers if s.name not in old_by_name),
                 tuple(s for s in before.servers if s.name not in new_by_name),
+                tuple(s for s in after.servers if old_by_name.get(s.name, s) != s),
             )
         )
     return changes
@@ -102,18 +102,30 @@ class RuntimeApi:
         self.draining: dict[tuple[str, str], Draining] = {}
         self.commands = 0
 
-    def _run(self, command: str, success: str = "") -> None:
-        """One command; HAProxy answers nothing on success, except where ``success`` says."""
+    def _run(self, command: str, success: tuple[str, ...] = ()) -> None:
+        """One command; HAProxy answers nothing on success, except for the commands whose
+        success answers start as ``success`` says."""
         answer = self.admin(command).strip()
         self.commands += 1
-        if answer != success and not (success and answer.startswith(success)):
+        ok = answer.startswith(success) if success else not answer
+        if not ok:
             raise RuntimeApiError(f"{command!r}: {answer or 'no answer'}")
 
+    def _move(self, backend: str, server: Server) -> None:
+        self._run(
+            f"set server {backend}/{server.name} addr {server.address} port {server.port}",
+            success=("IP changed", "port changed", "nothing changed", "no need to change"),
+        )
+
     def apply(self, changes: list[ServerChange]) -> tuple[int, int]:
-        """Apply the changes; (servers added, servers put to drain)."""
+        """Apply the changes; (servers added or moved, servers put to drain)."""
         added = drained = 0
         for change in changes:
             be = change.backend.name
+            for server in change.moved:
+                # Open connections stay with the old address; new ones use the new one.
+                self._move(be, server)
+                added += 1
             for server in change.removed:
                 self._run(f"set server {be}/{server.name} state drain")
                 self.draining[(be, server.name)] = Draining(
@@ -124,13 +136,15 @@ class RuntimeApi:
                 pending = self.draining.pop((be, server.name), None)
                 if pending is not None:
                     # Back before its drain finished: the same server, ready again.
+                    if pending.server != server:
+                        self._move(be, server)
                     self._run(f"set server {be}/{server.name} state ready")
                 else:
                     self._run(
                         f"add server {be}/{server.name} "
                         f"{server_address(server.address)}:{server.port} "
                         f"{server_options(change.backend)}",
-                        success="New server registered",
+                        success=("New server registered",),
                     )
                     self._run(f"enable health {be}/{server.name}")
                     self._run(f"set server {be}/{server.name} state ready")

@@ -26,6 +26,8 @@ BALANCE_SIMPLE = (
     "uri",
 )
 BALANCE_ARG = re.compile(r"(hdr|rdp-cookie)\([A-Za-z0-9_-]{1,64}\)|url_param [A-Za-z0-9_-]{1,64}")
+# Algorithms that read HTTP: HAProxy falls back to roundrobin for them in tcp mode.
+HTTP_ONLY_BALANCE = ("uri", "url_param", "hdr(")
 # Ports HAProxy itself listens on in every configuration.
 MAX_PORT = 65535
 
@@ -107,6 +109,11 @@ def parse_tags(tags: Iterable[str]) -> ServiceOptions:
         except TagError as exc:
             raise TagError(f"tag {shown}: {exc}") from None
     options = ServiceOptions(**values)
+    if options.protocol == "tcp" and options.balance.startswith(HTTP_ONLY_BALANCE):
+        raise TagError(
+            f"HAPROXY.BACKEND.BALANCE={options.balance} needs HTTP; tcp services can use "
+            "roundrobin, static-rr, leastconn, first, source, random or rdp-cookie"
+        )
     if options.protocol == "http" and options.frontend_port is not None:
         raise TagError(
             "HAPROXY.FRONTEND.PORT applies to tcp services; http services are routed "

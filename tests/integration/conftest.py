@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -68,9 +68,10 @@ def wait_until(
         try:
             last = check()
         except requests.RequestException as exc:
-            last = exc
-        if last:
-            return last
+            last = exc  # shown on timeout; not a success
+        else:
+            if last:
+                return last
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout}s waiting for {what or check}: last={last!r}")
 

@@ -53,3 +53,13 @@ def test_default_reads_the_hard_limit() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     expected = hard if hard != resource.RLIM_INFINITY else 1 << 20
     assert fit(50000, 10000).nofile == expected
+
+
+def test_health_checked_servers_take_descriptors_in_steps() -> None:
+    # 20,000 descriptors, 1,000 kept aside, 5,000 servers: (20000 - 1000 - 5000) / 2.
+    assert fit(50000, 10000, nofile=20000, servers=5000).maxconn_global == 7000
+    # A few instances more or less leave the rendered limit where it was.
+    assert fit(50000, 10000, nofile=20000, servers=4001) == fit(
+        50000, 10000, nofile=20000, servers=4999
+    )
+    assert fit(50000, 10000, nofile=20000, servers=1).maxconn_global == 9000

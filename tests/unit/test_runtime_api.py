@@ -36,11 +36,19 @@ def test_unchanged_servers_give_no_change() -> None:
         lb(A, B, balance="leastconn"),  # a tag changed
         lb(A, B, maxconn=10),
         LoadBalancer((), ()),  # the service disappeared
-        lb(A, dataclasses.replace(B, address="10.0.0.9")),  # a server changed address
     ],
 )
 def test_structural_changes_are_not_server_only(new: LoadBalancer) -> None:
     assert server_only_changes(lb(A, B), new) is None
+
+
+def test_an_instance_that_moved_is_re_addressed() -> None:
+    admin = FakeAdmin()
+    moved = dataclasses.replace(B, address="10.0.0.9", port=81)
+    changes = server_only_changes(lb(A, B), lb(A, moved))
+    assert changes is not None and changes[0].moved == (moved,)
+    RuntimeApi(admin, drain_timeout=30).apply(changes)
+    assert admin.commands == ["set server www.example.com/b addr 10.0.0.9 port 81"]
 
 
 def test_non_dynamic_algorithms_need_a_reload() -> None:
@@ -59,6 +67,8 @@ class FakeAdmin:
         self.commands.append(command)
         if command.startswith("add server"):
             return "New server registered.\n"
+        if command.startswith("set server") and " addr " in command:
+            return "IP changed from '10.0.0.2' to '10.0.0.9' by 'stats socket command'\n"
         if command.startswith("del server"):
             return "Server deleted.\n"
         if command.startswith("show stat"):
