@@ -223,10 +223,15 @@ def demo(
     print(f"==> HAProxy answers for {host}: {body.decode()[:200]}")
     print("==> try it:")
     print(f"    curl -H 'Host: {host}' http://127.0.0.1:8080/")
-    print(
-        "    stats page: http://127.0.0.1:4444/   health: http://127.0.0.1:4444/_haproxy_health_check"
-    )
-    print("    stop it:    ./dev demo --down")
+    stats = "http://127.0.0.1:4444"
+    print("==> where to look (all on the stats port):")
+    print(f"    stats page:   {stats}/            (CSV: {stats}/;csv)")
+    print(f"    metrics:      {stats}/metrics     (Prometheus: the runtime's and HAProxy's)")
+    print(f"    state:        {stats}/_consul_lb/state   (published and skipped services)")
+    print(f"    config:       {stats}/_haproxy_getconfig (the haproxy.cfg HAProxy runs)")
+    print(f"    health:       {stats}/_haproxy_health_check")
+    print("    logs:         docker logs -f consul-lb-demo-haproxy-1")
+    print("==> stop it:      ./dev demo --down")
 
 
 @task(help={"all": "also remove the base and Consul images"})

@@ -15,14 +15,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
-from runtime import iptables, model
+from runtime import iptables, model, observe
 from runtime.catalog import Catalog
 from runtime.consul_config import ConsulConfig
 from runtime.haproxy_files import Paths, check, install, read_installed
 from runtime.haproxy_process import Haproxy, ReloadError, make
 from runtime.limits import Limits, fit
 from runtime.render import HaproxyFiles, render_haproxy
+from runtime.runtime_api import RuntimeApi, RuntimeApiError, server_only_changes
 from runtime.settings import Settings
 from runtime.watch import CatalogWatcher
 
@@ -84,6 +86,14 @@ class Applier:
     failed_reloads: int = 0
     renders: int = 0
     last_render_seconds: float = 0.0
+    # Changes applied, by path: "runtime_api" (no reload) or "reload".
+    runtime_api_changes: int = 0
+    reload_changes: int = 0
+    runtime_api_fallbacks: int = 0
+    api: RuntimeApi | None = None
+
+    def __post_init__(self) -> None:
+        self.api = RuntimeApi(self.haproxy.admin, self.settings.server_drain_timeout)
 
     def report(self, lines: list[str]) -> None:
         for line in lines:
@@ -139,26 +149,83 @@ class Applier:
     def write_state(self) -> None:
         """What the load balancer does now, for operators and tests: state.json in the
         state directory (counters, published and skipped services)."""
+        tmp = self.paths.state_dir / ".state.json.tmp"
+        tmp.write_text(json.dumps(self.state(), indent=2, sort_keys=True) + "\n")
+        tmp.replace(self.paths.state_dir / "state.json")
+
+    def state(self) -> dict[str, Any]:
+        """Counters, published and skipped services: state.json and the state endpoint."""
         lb = self.applied
-        state = {
+        return {
             "strategy": self.haproxy.strategy,
             "reloads": self.reloads,
             "failed_reloads": self.failed_reloads,
             "failed_validations": self.failed_validations,
+            "runtime_api_changes": self.runtime_api_changes,
+            "reload_changes": self.reload_changes,
+            "runtime_api_fallbacks": self.runtime_api_fallbacks,
             "updated": time.time(),
             "services": [b.service for b in lb.backends] if lb else [],
             "skipped": [{"service": s.service, "reason": s.reason} for s in lb.skipped]
             if lb
             else [],
         }
-        tmp = self.paths.state_dir / ".state.json.tmp"
-        tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
-        tmp.replace(self.paths.state_dir / "state.json")
+
+    def fit_limits(self, lb: model.LoadBalancer) -> None:
+        """Connection limits for this many servers; said once each time they change."""
+        servers = sum(len(b.servers) for b in lb.backends)
+        limits = fit(self.settings.maxconn_global, self.settings.maxconn, servers=servers)
+        if limits != self.limits:
+            log.info("%s (%d servers)", limits.describe(self.settings.maxconn_global), servers)
+            self.limits = limits
+
+    def apply_servers(self, lb: model.LoadBalancer, files: HaproxyFiles, started: float) -> bool:
+        """Apply a server-only change through the runtime API; False when the change
+        needs a reload (structural, or a command failed: the reload then sets it right)."""
+        if not (self.settings.runtime_api and self.applied and self.api and self.haproxy.running()):
+            return False
+        changes = server_only_changes(self.applied, lb)
+        if changes is None:
+            return False
+        try:
+            with self.haproxy.lock:
+                added, drained = self.api.apply(changes)
+        except (RuntimeApiError, OSError) as exc:
+            self.runtime_api_fallbacks += 1
+            log.warning("runtime API change failed, reloading instead: %s", exc)
+            return False
+        # The file follows what runs, so that a later reload starts from the same state.
+        install(files, self.paths)
+        self.current, self.applied = files, lb
+        self.runtime_api_changes += 1
+        log.info(
+            "applied: %d service(s), %d server(s), %d skipped "
+            "(runtime API: +%d server(s), %d draining, no reload, %.0f ms)",
+            len(lb.backends),
+            sum(len(b.servers) for b in lb.backends),
+            len(lb.skipped),
+            added,
+            drained,
+            (time.monotonic() - started) * 1000,
+        )
+        return True
+
+    def sweep(self) -> None:
+        """Finish drains (called periodically)."""
+        if self.api is None or not self.api.draining:
+            return
+        try:
+            with self.haproxy.lock:
+                if self.haproxy.running():
+                    self.api.sweep()
+        except (RuntimeApiError, OSError) as exc:
+            log.warning("finishing server drains: %s", exc)
 
     def _apply(self, catalog: Catalog, force: bool) -> bool:
         started = time.monotonic()
         lb, problems = model.build(catalog, self.settings)
         lb = without(lb, self.taken_ports(lb))
+        self.fit_limits(lb)
         files = render_lb(lb, self.settings, self.limits, self.paths)
         self.renders += 1
         self.last_render_seconds = time.monotonic() - started
@@ -166,6 +233,11 @@ class Applier:
             self.report_lb(lb, problems)
             log.debug("catalog changed but the configuration did not; nothing to apply")
             return False
+        # A server-only change keeps the structure of the running, checked configuration
+        # and its servers passed the model's checks: no haproxy -c on this path.
+        if not force and self.apply_servers(lb, files, started):
+            self.report_lb(lb, problems)
+            return True
         result = check(files)
         if not result.ok:
             self.failed_validations += 1
@@ -183,6 +255,8 @@ class Applier:
         previous = self.current
         install(files, self.paths)
         outcome = self.haproxy.reload(frontend_ports(lb, self.settings))
+        if self.api is not None:
+            self.api.forget()
         took = time.monotonic() - started
         if outcome.detail != "started":
             self.reloads += 1
@@ -196,6 +270,7 @@ class Applier:
                 install(previous, self.paths)
             return False
         self.current, self.applied = files, lb
+        self.reload_changes += 1
         log.info(
             "applied: %d service(s), %d server(s), %d skipped (%s, %.0f ms)",
             len(lb.backends),
@@ -248,8 +323,15 @@ def run(settings: Settings, consul: ConsulConfig) -> int:
     signal.signal(signal.SIGHUP, on_hup)
 
     log.info("watching Consul at %s for services tagged HAPROXY.ENABLE=true", consul.address)
+    observe.serve(applier, watcher, paths)
     watcher.start()
     threading.Thread(target=haproxy.watch, args=(stop,), name="haproxy-watch", daemon=True).start()
+
+    def sweep_loop() -> None:
+        while not stop.wait(0.5):
+            applier.sweep()
+
+    threading.Thread(target=sweep_loop, name="drain-sweep", daemon=True).start()
     for catalog in watcher.changes(settings.render_wait_min, settings.render_wait_max, stop):
         force = forced.is_set()
         forced.clear()

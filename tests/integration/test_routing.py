@@ -80,7 +80,8 @@ def test_tcp_service_on_its_own_port(stack: Stack) -> None:
         with socket.create_connection(("127.0.0.1", stack.tcp_port), timeout=2) as sock:
             # Plain bytes through a tcp-mode proxy: no Host routing is involved.
             sock.sendall(b"GET /tcp HTTP/1.0\r\n\r\n")
-            return sock.recv(4096)
+            # HTTP/1.0: the backend closes once it has answered; read until then.
+            return b"".join(iter(lambda: sock.recv(4096), b""))
 
     answer = wait_until(lambda: _safe(tcp_answer), what="tcp frontend answering")
     assert b"web-2" in answer and b"/tcp" in answer

@@ -159,6 +159,8 @@ def test_same_catalog_in_any_order_renders_byte_identical() -> None:
     backends = re.findall(r"^backend (\S+)$", first.config, flags=re.M)
     assert backends == [
         "consul_lb_health",
+        "consul_lb_stats",
+        "consul_lb_runtime",
         "db.example.com",
         *sorted(f"{n}.example.com" for n in names),
     ]
