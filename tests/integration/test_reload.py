@@ -33,6 +33,9 @@ def start_load(stack: Stack, target: str, host: str, mode: str, concurrency: int
             f"--concurrency={concurrency}",
             "--duration=240",
             "--pause=0.002",
+            # A SYN dropped three times in a row waits 1 + 2 + 4 s before it gets through:
+            # slow, not failed.
+            "--timeout=30",
         ],
         entrypoint="python3",
         network=f"{stack.project}_default",
