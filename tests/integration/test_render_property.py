@@ -362,6 +362,11 @@ def expected_by_tags(tags: Sequence[str]) -> tuple[set[str], dict[str, str]]:
     options = {key: min(seen) for key, seen in values.items()}
     if options.get("PROTOCOL", "http") == "http" and "FRONTEND.PORT" in options:
         return {SKIPPED}, {}
+    # The README: algorithms that read HTTP are refused for tcp services.
+    if options.get("PROTOCOL") == "tcp" and options.get("BACKEND.BALANCE", "").startswith(
+        ("uri", "url_param", "hdr(")
+    ):
+        return {SKIPPED}, {}
     outcome = PUBLISHED if options.get("ENABLE", "false").lower() == "true" else IGNORED
     return ({outcome, SKIPPED} if ambiguous else {outcome}), options
 
