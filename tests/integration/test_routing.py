@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import requests
 
-from tests.integration.conftest import DOMAIN, Stack, wait_until
+from tests.integration.conftest import DOMAIN, Stack, image_names, wait_until
 
 ENABLE = "HAPROXY.ENABLE=true"
 
@@ -119,3 +120,30 @@ def test_bad_service_is_skipped_and_others_keep_working(stack: Stack) -> None:
     assert "skipping service 'evil'" in logs
     assert stack.get(f"evil.{DOMAIN}").status_code == 503
     assert requests.get(f"{stack.stats}/_haproxy_health_check", timeout=2).ok
+
+
+def test_dry_run_prints_the_configuration_for_the_current_catalog(stack: Stack) -> None:
+    stack.register("dry-1", "dry", "web-1", [ENABLE])
+    wait_until(lambda: stack.backend_of(f"dry.{DOMAIN}"), what="dry routed")
+    result = stack.container("haproxy").exec_run(["consul-lb", "haproxy", "--dry-run"])
+    out = result.output.decode()
+    assert result.exit_code == 0, out
+    assert f"backend dry.{DOMAIN}" in out
+    assert f"server dry-1 {stack.ip('web-1')}:8000 check" in out
+
+
+def test_base_image_renders_a_template_from_the_catalog_and_kv(stack: Stack) -> None:
+    """The consul-template image on its own: the shipped example (not HAProxy)."""
+    stack.register("tmpl-1", "tmpl", "web-2", ["web"])
+    requests.put(f"{stack.consul}/v1/kv/example/banner", data="hello from KV", timeout=5)
+    examples = Path(__file__).resolve().parents[2] / "examples" / "template-mode"
+    out = stack.docker.containers.run(
+        image_names().ref("consul-template"),
+        ["template", "--once", "--dry", "--template", "/srv/hosts.j2:/tmp/hosts"],
+        environment={"CONSUL_HTTP_ADDR": "consul:8500"},
+        network=f"{stack.project}_default",
+        volumes={str(examples): {"bind": "/srv", "mode": "ro"}},
+        remove=True,
+    ).decode()
+    assert "# hello from KV" in out
+    assert f"{stack.ip('web-2')}\ttmpl-1.tmpl.service.internal\ttmpl.service.internal" in out
