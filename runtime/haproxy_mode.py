@@ -176,8 +176,11 @@ class Applier:
         servers = sum(len(b.servers) for b in lb.backends)
         limits = fit(self.settings.maxconn_global, self.settings.maxconn, servers=servers)
         if limits != self.limits:
-            log.info("%s (%d servers)", limits.describe(self.settings.maxconn_global), servers)
+            say = log.info if limits.checks else log.warning
+            say("%s (%d servers)", limits.describe(self.settings.maxconn_global), servers)
             self.limits = limits
+        if self.api is not None:
+            self.api.checks = limits.checks
 
     def apply_servers(self, lb: model.LoadBalancer, files: HaproxyFiles, started: float) -> bool:
         """Apply a server-only change through the runtime API; False when the change

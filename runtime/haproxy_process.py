@@ -205,7 +205,7 @@ class MasterWorker(Haproxy):
         super()._start()
 
     def _reload(self, ports: Sequence[int]) -> ReloadResult:
-        answer = socket_command(str(self.paths.master_socket), "reload", timeout=60)
+        answer = self._master_command("reload")
         # HAProxy >= 2.7 answers "Success=1" or "Success=0" followed by the new
         # worker's start-up messages.
         if "Success=1" in answer:
@@ -214,6 +214,18 @@ class MasterWorker(Haproxy):
             ln.strip() for ln in answer.splitlines() if ln.strip() and ln.strip() != "--"
         )
         return ReloadResult(False, detail[:500] or "no answer from the master CLI")
+
+    def _master_command(self, command: str, patience: float = 10.0) -> str:
+        """The master re-executes itself on every reload and reopens its CLI socket; a
+        command sent in that window is refused, so it is tried again for a while."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                return socket_command(str(self.paths.master_socket), command, timeout=60)
+            except (ConnectionRefusedError, FileNotFoundError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
 
 class SoftFinish(Haproxy):

@@ -77,9 +77,9 @@ def server_only_changes(old: LoadBalancer, new: LoadBalancer) -> list[ServerChan
     return changes
 
 
-def server_options(backend: Backend) -> str:
+def server_options(backend: Backend, checks: bool = True) -> str:
     """What ``default-server`` gives rendered servers: dynamic servers do not inherit it."""
-    options = "check inter 10s fall 1"
+    options = "check inter 10s fall 1" if checks else "inter 10s fall 1"
     if backend.maxconn is not None:
         options += f" maxconn {backend.maxconn}"
     return options
@@ -101,6 +101,8 @@ class RuntimeApi:
         self.drain_timeout = drain_timeout
         self.draining: dict[tuple[str, str], Draining] = {}
         self.commands = 0
+        # Follows the rendered configuration (see limits.fit: checks may not fit).
+        self.checks = True
 
     def _run(self, command: str, success: tuple[str, ...] = ()) -> None:
         """One command; HAProxy answers nothing on success, except for the commands whose
@@ -143,10 +145,11 @@ class RuntimeApi:
                     self._run(
                         f"add server {be}/{server.name} "
                         f"{server_address(server.address)}:{server.port} "
-                        f"{server_options(change.backend)}",
+                        f"{server_options(change.backend, self.checks)}",
                         success=("New server registered",),
                     )
-                    self._run(f"enable health {be}/{server.name}")
+                    if self.checks:
+                        self._run(f"enable health {be}/{server.name}")
                     self._run(f"set server {be}/{server.name} state ready")
                 added += 1
         return added, drained

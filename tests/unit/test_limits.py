@@ -63,3 +63,11 @@ def test_health_checked_servers_take_descriptors_in_steps() -> None:
         50000, 10000, nofile=20000, servers=4999
     )
     assert fit(50000, 10000, nofile=20000, servers=1).maxconn_global == 9000
+
+
+def test_servers_that_cannot_all_be_checked_turn_haproxys_checks_off() -> None:
+    fitted = fit(50000, 10000, nofile=20000, servers=25000)
+    assert not fitted.checks
+    assert fitted.maxconn_global == 9500  # as without servers: no descriptor per check
+    assert "server checks are off" in fitted.describe(50000)
+    assert fit(50000, 10000, nofile=20000, servers=5000).checks
