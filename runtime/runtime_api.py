@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
@@ -66,6 +67,11 @@ def server_only_changes(old: LoadBalancer, new: LoadBalancer) -> list[ServerChan
             return None
         old_by_name = {s.name: s for s in before.servers}
         new_by_name = {s.name: s for s in after.servers}
+        arriving = [s for s in after.servers if old_by_name.get(s.name) != s]
+        if not all(is_ip(s.address) for s in arriving):
+            # HAProxy resolves host names when it loads its configuration ("init-addr
+            # libc"); a server added at run time with a host name would stay unresolved.
+            return None
         changes.append(
             ServerChange(
                 after,
@@ -75,6 +81,14 @@ def server_only_changes(old: LoadBalancer, new: LoadBalancer) -> list[ServerChan
             )
         )
     return changes
+
+
+def is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
 
 
 def server_options(backend: Backend, checks: bool = True) -> str:

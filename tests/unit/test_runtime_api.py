@@ -51,6 +51,13 @@ def test_an_instance_that_moved_is_re_addressed() -> None:
     assert admin.commands == ["set server www.example.com/b addr 10.0.0.9 port 81"]
 
 
+def test_an_instance_known_by_host_name_needs_a_reload() -> None:
+    # HAProxy resolves host names only when it loads its configuration.
+    named = Server("n", "web-1.internal", 80)
+    assert server_only_changes(lb(A), lb(A, named)) is None
+    assert server_only_changes(lb(A, named), lb(A)) is not None  # removing one is fine
+
+
 def test_non_dynamic_algorithms_need_a_reload() -> None:
     assert server_only_changes(lb(A, balance="source"), lb(A, B, balance="source")) is None
     assert server_only_changes(lb(A, balance="static-rr"), lb(A, B, balance="static-rr")) is None
