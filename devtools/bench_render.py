@@ -50,17 +50,7 @@ ENABLE = "HAPROXY.ENABLE=true"
 TXN_OPS = 64  # Consul's limit of operations per /v1/txn
 # The runtime holds one blocking query (one connection) per service; 5,000 services need
 # more than the 4,096 connections per client that the project's Consul image allows.
-CONSUL_COMMAND = [
-    "consul",
-    "agent",
-    "-dev",
-    "-client",
-    "0.0.0.0",
-    "-log-level",
-    "warn",
-    "-hcl",
-    "limits { http_max_conns_per_client = 12000 }",
-]
+CONSUL_COMMAND = images.consul_dev_command(12000)
 RSS_SCRIPT = r"""
 import os
 for pid in filter(str.isdigit, os.listdir("/proc")):

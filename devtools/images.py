@@ -8,7 +8,6 @@ the demo and the tests is built from Debian's own ``consul`` package.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import platform
 import subprocess
@@ -104,6 +103,16 @@ def ensure_debian_base(c: docker.DockerClient, wanted: str = OFFICIAL_BASE) -> s
             )
     say(f"base image: {LOCAL_BASE} (imported)")
     return LOCAL_BASE
+
+
+def consul_dev_command(max_conns_per_client: int, *extra: str) -> list[str]:
+    """A dev-mode Consul agent reachable from other containers. The connection limit
+    matters: the runtime holds one blocking query (one connection) per watched service."""
+    return [
+        "consul", "agent", "-dev", "-client", "0.0.0.0", "-log-level", "warn",
+        "-hcl", f"limits {{ http_max_conns_per_client = {max_conns_per_client} }}",
+        *extra,
+    ]  # fmt: skip
 
 
 def ensure_consul_image(c: docker.DockerClient, base: str) -> str:
@@ -306,25 +315,18 @@ def push_progress(lines: Iterator[Mapping[str, Any]], show: Progress) -> str:
 
 def push(c: docker.DockerClient, local_ref: str, remote_ref: str, show: Progress = say) -> str:
     repo, tag = remote_ref.rsplit(":", 1)
+    tagged_here = remote_ref != local_ref and not image_exists(c, remote_ref)
     if remote_ref != local_ref:
         c.images.get(local_ref).tag(repo, tag)
     say(f"==> pushing {remote_ref}")
     try:
         stream = c.api.push(repo, tag=tag, stream=True, decode=True)
         digest = push_progress(stream, show)
-    except docker.errors.APIError as exc:
-        raise ImageError(f"push of {remote_ref} failed: {exc.explanation or exc}") from exc
-    except ImageError as exc:
-        raise ImageError(f"push of {remote_ref} failed: {exc}") from exc
+    except (docker.errors.APIError, ImageError) as exc:
+        if tagged_here:
+            # Leave no registry-named tag behind for a push that did not happen.
+            c.images.remove(remote_ref, noprune=True)
+        reason = exc.explanation if isinstance(exc, docker.errors.APIError) else None
+        raise ImageError(f"push of {remote_ref} failed: {reason or exc}") from exc
     say(f"==> pushed {remote_ref}@{digest}")
     return digest
-
-
-def image_parent_chain(c: docker.DockerClient, ref: str) -> list[str]:
-    """Layer digests of an image, to show that one image is built on another."""
-    info = c.api.inspect_image(ref)
-    return list(info["RootFS"]["Layers"])
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True)

@@ -111,7 +111,7 @@ class Applier:
             and not port_free(b.frontend_port)
         }
 
-    def isolate(self, lb: model.LoadBalancer, message: str) -> model.LoadBalancer | None:
+    def isolate(self, lb: model.LoadBalancer) -> model.LoadBalancer | None:
         """The new configuration failed haproxy -c: try each changed service alone on top
         of the last good configuration, leave out those that fail, and check again."""
         good = {b.service: b for b in self.applied.backends} if self.applied else {}
@@ -244,7 +244,7 @@ class Applier:
         result = check(files)
         if not result.ok:
             self.failed_validations += 1
-            narrowed = self.isolate(lb, result.message)
+            narrowed = self.isolate(lb)
             if narrowed is None:
                 self.report_lb(lb, problems)
                 log.error(

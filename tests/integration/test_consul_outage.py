@@ -38,18 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOMAIN = "test.local"
 OUTAGE_SECONDS = 30
 ENABLE = "HAPROXY.ENABLE=true"
-CONSUL_COMMAND = [
-    "consul",
-    "agent",
-    "-dev",
-    "-client",
-    "0.0.0.0",
-    "-log-level",
-    "warn",
-    "-hcl",
-    "limits { http_max_conns_per_client = 4096 }",
-    "-config-dir=/consul/config",
-]
+CONSUL_COMMAND = images.consul_dev_command(4096, "-config-dir=/consul/config")
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:

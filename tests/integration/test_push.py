@@ -101,3 +101,6 @@ def test_push_to_an_unreachable_registry_fails_clearly() -> None:
     assert "error: push of" in result.stderr
     assert "connection refused" in result.stderr.lower()
     assert "Traceback" not in result.stderr
+    # No registry-named tag is left behind by a push that did not happen.
+    leftover = [t for i in docker.from_env().images.list() for t in i.tags if f":{port}/" in t]
+    assert leftover == []
