@@ -136,6 +136,8 @@ def names(draw: st.DrawFn) -> str:
     return draw(strategy)
 
 
+# Written again from the README's tag table on purpose: the oracle must not import what
+# it checks (runtime/tags.py), or a wrong list there would pass unnoticed.
 BALANCE_SIMPLE = (
     "first",
     "leastconn",
