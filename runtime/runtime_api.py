@@ -134,7 +134,11 @@ class RuntimeApi:
         )
 
     def apply(self, changes: list[ServerChange]) -> tuple[int, int]:
-        """Apply the changes; (servers added or moved, servers put to drain)."""
+        """Apply the changes; (servers added or moved, servers put to drain).
+
+        Arrivals go in before departures drain: a batch that replaces every server of a
+        backend (one instance leaves as another arrives) never leaves it with none.
+        """
         added = drained = 0
         for change in changes:
             be = change.backend.name
@@ -142,31 +146,37 @@ class RuntimeApi:
                 # Open connections stay with the old address; new ones use the new one.
                 self._move(be, server)
                 added += 1
+            for server in change.added:
+                self._add(change.backend, server)
+                added += 1
+        for change in changes:
+            be = change.backend.name
             for server in change.removed:
                 self._run(f"set server {be}/{server.name} state drain")
                 self.draining[(be, server.name)] = Draining(
                     be, server, time.monotonic() + self.drain_timeout
                 )
                 drained += 1
-            for server in change.added:
-                pending = self.draining.pop((be, server.name), None)
-                if pending is not None:
-                    # Back before its drain finished: the same server, ready again.
-                    if pending.server != server:
-                        self._move(be, server)
-                    self._run(f"set server {be}/{server.name} state ready")
-                else:
-                    self._run(
-                        f"add server {be}/{server.name} "
-                        f"{server_address(server.address)}:{server.port} "
-                        f"{server_options(change.backend, self.checks)}",
-                        success=("New server registered",),
-                    )
-                    if self.checks:
-                        self._run(f"enable health {be}/{server.name}")
-                    self._run(f"set server {be}/{server.name} state ready")
-                added += 1
         return added, drained
+
+    def _add(self, backend: Backend, server: Server) -> None:
+        be = backend.name
+        pending = self.draining.pop((be, server.name), None)
+        if pending is not None:
+            # Back before its drain finished: the same server, ready again.
+            if pending.server != server:
+                self._move(be, server)
+            self._run(f"set server {be}/{server.name} state ready")
+            return
+        self._run(
+            f"add server {be}/{server.name} "
+            f"{server_address(server.address)}:{server.port} "
+            f"{server_options(backend, self.checks)}",
+            success=("New server registered",),
+        )
+        if self.checks:
+            self._run(f"enable health {be}/{server.name}")
+        self._run(f"set server {be}/{server.name} state ready")
 
     def sweep(self) -> int:
         """Delete drained servers that have no connection left, or whose drain timed out;

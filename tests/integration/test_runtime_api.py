@@ -79,7 +79,8 @@ def test_instance_churn_needs_no_reload_and_loses_no_request(stack: Stack) -> No
     assert after["reloads"] == before["reloads"], "a server change caused a reload"
     assert after["runtime_api_changes"] > before["runtime_api_changes"]
     assert after["runtime_api_fallbacks"] == before["runtime_api_fallbacks"]
-    assert result["failed"] == 0, result
+    failed_lines = [line for line in stack.logs().splitlines() if host in line and " 503 " in line]
+    assert result["failed"] == 0, (result, failed_lines[-10:])
     stats = server_stats(stack, host)
     assert set(stats) == serving
     assert all(int(row["stot"]) > 0 for row in stats.values()), stats

@@ -125,6 +125,21 @@ def test_removed_server_drains_then_is_deleted_once_idle() -> None:
     assert not api.draining
 
 
+def test_a_replaced_server_is_added_before_the_old_one_drains() -> None:
+    # One instance leaves as another arrives in the same batch: draining first would
+    # leave the backend without a server for a moment (HAProxy answers 503).
+    admin = FakeAdmin()
+    changes = server_only_changes(lb(A), lb(C))
+    assert changes is not None
+    assert RuntimeApi(admin, drain_timeout=30).apply(changes) == (1, 1)
+    assert admin.commands == [
+        "add server www.example.com/c 10.0.0.3:80 check inter 10s fall 1",
+        "enable health www.example.com/c",
+        "set server www.example.com/c state ready",
+        "set server www.example.com/a state drain",
+    ]
+
+
 def test_drain_timeout_closes_remaining_connections() -> None:
     admin = FakeAdmin(sessions={"a": 1})
     api = RuntimeApi(admin, drain_timeout=0)
