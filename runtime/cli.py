@@ -61,21 +61,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = os.environ
     logs.setup(env.get("CONSUL_LB_LOG_LEVEL", "info"), env.get("CONSUL_LB_LOG_FORMAT", "text"))
     log = logging.getLogger("main")
-    if args.command == "template":
-        # Template mode needs no HAPROXY_* settings.
-        try:
-            consul = ConsulConfig.from_env(env)
-        except ConsulConfigError as exc:
-            print(f"consul-lb: {exc}", file=sys.stderr)
-            return 2
-        log.info("consul-lb %s starting in template mode", __version__)
-        return template_mode.run(args, consul)
     try:
-        settings = from_env(env)
+        # Template mode needs no HAPROXY_* settings.
+        settings = None if args.command == "template" else from_env(env)
         consul = ConsulConfig.from_env(env)
     except (SettingsError, ConsulConfigError) as exc:
         print(f"consul-lb: {exc}", file=sys.stderr)
         return 2
+    if settings is None:
+        log.info("consul-lb %s starting in template mode", __version__)
+        return template_mode.run(args, consul)
     if args.command == "haproxy" and args.dry_run:
         from runtime.watch import read_once
 

@@ -3,13 +3,12 @@ before anything is applied, and how it is written (atomically, one backup kept).
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime.atomic_write import replace_file
 from runtime.render import HaproxyFiles
 
 
@@ -83,15 +82,5 @@ def read_installed(paths: Paths) -> HaproxyFiles | None:
 def install(files: HaproxyFiles, paths: Paths) -> None:
     """Write each file to a temporary name, keep the previous one as ``<name>.bak``,
     then rename into place: HAProxy never reads a half-written file."""
-    paths.live.mkdir(parents=True, exist_ok=True)
     for name, text in files.files().items():
-        target = paths.live / name
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=paths.live)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        if target.exists():
-            shutil.copy2(target, target.with_name(name + ".bak"))
-        os.replace(tmp, target)
+        replace_file(paths.live / name, text.encode(), backup=True)

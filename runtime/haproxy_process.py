@@ -26,8 +26,6 @@ from runtime.haproxy_files import Paths
 
 log = logging.getLogger("haproxy")
 
-STRATEGIES = ("seamless", "syn-drop", "naive")
-
 
 class ReloadError(RuntimeError):
     pass
@@ -65,8 +63,6 @@ class Haproxy:
         self.proc: subprocess.Popen[bytes] | None = None
         self.lock = threading.Lock()  # one start/reload/stop at a time
         self.stopping = False
-        self.reloads = 0
-        self.failed_reloads = 0
         self.restarts = 0
 
     # -- to be provided by each strategy ---------------------------------------------
@@ -132,11 +128,7 @@ class Haproxy:
                 self._start()
                 return ReloadResult(True, "started")
             self.save_server_state()
-            result = self._reload(ports)
-            self.reloads += 1
-            if not result.ok:
-                self.failed_reloads += 1
-            return result
+            return self._reload(ports)
 
     def admin(self, command: str) -> str:
         return socket_command(str(self.paths.admin_socket), command)
@@ -298,9 +290,6 @@ class SynDrop(SoftFinish):
 
 
 def make(strategy: str, paths: Paths) -> Haproxy:
-    kinds: dict[str, type[Haproxy]] = {
-        "seamless": MasterWorker,
-        "syn-drop": SynDrop,
-        "naive": SoftFinish,
-    }
+    """The supervisor for a strategy named in settings.RELOAD_STRATEGIES."""
+    kinds = {kind.strategy: kind for kind in (MasterWorker, SynDrop, SoftFinish)}
     return kinds[strategy](paths)

@@ -108,7 +108,6 @@ class KVWatcher:
     def _query(self, key: str) -> BlockingQuery:
         c: consul.Consul = self.config.client(timeout=10.0)
         path = normalise_key(key)
-        this: list[BlockingQuery] = []  # filled below; on_data needs the query it serves
 
         def fetch(index: str | None, wait: str) -> tuple[str, Any]:
             raw_index, raw = c.kv.get(path, index=index, wait=wait)
@@ -120,12 +119,11 @@ class KVWatcher:
             with self.lock:
                 # A query stopped by want() may still deliver one late answer; a key
                 # dropped and wanted again has a new query, and only that one counts.
-                if self.queries.get(key) is not this[0]:
+                if self.queries.get(key) is not query:
                     return
                 self.values[key] = found.value
             self.notify.set()
 
-        this.append(
-            BlockingQuery(f"kv:{key}", fetch, on_data, self.timing, self.stats, self.outage)
-        )
-        return this[0]
+        # on_data compares with this name; it is bound before the query's thread starts.
+        query = BlockingQuery(f"kv:{key}", fetch, on_data, self.timing, self.stats, self.outage)
+        return query

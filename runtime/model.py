@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from runtime.catalog import Catalog, Instance, Service
 from runtime.settings import DNS_LABEL, Settings, is_dns_name
-from runtime.tags import PREFIX, ServiceOptions, TagError, parse_tags
+from runtime.tags import PREFIX, ServiceOptions, TagError, parse_tags, printable
 
 # `\Z`, not `$`: `$` also matches before a trailing newline, which would end the line
 # in haproxy.cfg.
@@ -75,12 +75,6 @@ def valid_address(address: str) -> bool:
     return not (isinstance(ip, ipaddress.IPv6Address) and ip.scope_id is not None)
 
 
-def shorten(text: str, limit: int = 80) -> str:
-    """A value as one short log line can show it: quoted, control characters escaped."""
-    shown = text.encode("unicode_escape").decode("ascii")
-    return repr(shown[:limit] + ("..." if len(shown) > limit else ""))
-
-
 def server_name(instance: Instance) -> str:
     """A stable server name: the Consul service ID when HAProxy accepts it as a name,
     else a short digest of node and ID (stable across renders either way)."""
@@ -98,12 +92,14 @@ def servers_of(service: Service) -> tuple[tuple[Server, ...], list[str]]:
     for inst in sorted(service.instances):
         if not valid_address(inst.address):
             problems.append(
-                f"instance {shorten(inst.service_id)} has an invalid address "
-                f"{shorten(inst.address)}"
+                f"instance {printable(inst.service_id)} has an invalid address "
+                f"{printable(inst.address)}"
             )
             continue
         if not 0 < inst.port < 65536:
-            problems.append(f"instance {shorten(inst.service_id)} has an invalid port {inst.port}")
+            problems.append(
+                f"instance {printable(inst.service_id)} has an invalid port {inst.port}"
+            )
             continue
         name = server_name(inst)
         if name in used:

@@ -48,13 +48,13 @@ class ServiceOptions:
 def _bool(raw: str) -> bool:
     if raw.lower() in {"true", "false"}:
         return raw.lower() == "true"
-    raise TagError(f"expected true or false, got {_printable(raw)}")
+    raise TagError(f"expected true or false, got {printable(raw)}")
 
 
 def _protocol(raw: str) -> str:
     if raw in PROTOCOLS:
         return raw
-    raise TagError(f"expected one of {', '.join(PROTOCOLS)}, got {_printable(raw)}")
+    raise TagError(f"expected one of {', '.join(PROTOCOLS)}, got {printable(raw)}")
 
 
 def _balance(raw: str) -> str:
@@ -62,7 +62,7 @@ def _balance(raw: str) -> str:
     if raw in BALANCE_SIMPLE or BALANCE_ARG.fullmatch(raw):
         return raw
     raise TagError(
-        f"unknown balance algorithm {_printable(raw)}; "
+        f"unknown balance algorithm {printable(raw)}; "
         f"expected one of {', '.join(BALANCE_SIMPLE)}, "
         "hdr(<name>), rdp-cookie(<name>) or 'url_param <name>'"
     )
@@ -71,7 +71,7 @@ def _balance(raw: str) -> str:
 def _bounded_int(low: int, high: int) -> Callable[[str], int]:
     def parse(raw: str) -> int:
         if not re.fullmatch(r"[0-9]{1,7}", raw) or not low <= int(raw) <= high:
-            raise TagError(f"expected a whole number {low}..{high}, got {_printable(raw)}")
+            raise TagError(f"expected a whole number {low}..{high}, got {printable(raw)}")
         return int(raw)
 
     return parse
@@ -95,13 +95,13 @@ def parse_tags(tags: Iterable[str]) -> ServiceOptions:
         if not tag.startswith(PREFIX):
             continue
         key, sep, raw = tag[len(PREFIX) :].partition("=")
-        shown = _printable(tag)
+        shown = printable(tag)
         if not sep:
             raise TagError(f"tag {shown} has no '=value'")
         if key not in TAGS:
             raise TagError(f"unknown tag {shown} (known: {', '.join(PREFIX + k for k in TAGS)})")
         if key in seen and seen[key] != raw:
-            raise TagError(f"conflicting tags {PREFIX}{key}={_printable(seen[key])} and {shown}")
+            raise TagError(f"conflicting tags {PREFIX}{key}={printable(seen[key])} and {shown}")
         seen[key] = raw
         field, parse = TAGS[key]
         try:
@@ -122,7 +122,8 @@ def parse_tags(tags: Iterable[str]) -> ServiceOptions:
     return options
 
 
-def _printable(text: str, limit: int = 80) -> str:
-    """A tag as it can be shown in one log line: control characters escaped, cut short."""
+def printable(text: str, limit: int = 80) -> str:
+    """A value (a tag, an instance ID, an address) as one log line can show it: quoted,
+    control characters escaped, cut short."""
     shown = text.encode("unicode_escape").decode("ascii")
     return repr(shown[:limit] + ("..." if len(shown) > limit else ""))

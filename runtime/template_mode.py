@@ -18,11 +18,9 @@ import logging
 import os
 import random
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Mapping
@@ -33,6 +31,7 @@ from typing import Any, TextIO
 
 import jinja2
 
+from runtime.atomic_write import replace_file
 from runtime.catalog import Catalog, Instance, Service
 from runtime.consul_config import ConsulConfig
 from runtime.durations import DurationError, parse_duration, parse_wait
@@ -382,21 +381,7 @@ def write_atomic(path: Path, text: str, backup: bool = False) -> bool:
         mode = path.stat().st_mode & 0o7777
     except FileNotFoundError:
         mode = 0o644
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary name starts with a dot so that "include conf.d/*.conf" never sees it.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        if backup and path.exists():
-            shutil.copy2(path, path.with_name(path.name + ".bak"))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_file(path, data, mode, backup)
     return True
 
 

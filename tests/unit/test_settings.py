@@ -6,7 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from runtime.settings import VARIABLES, Settings, SettingsError, from_env, is_dns_name
+from runtime.haproxy_files import Paths
+from runtime.haproxy_process import make
+from runtime.settings import (
+    RELOAD_STRATEGIES,
+    VARIABLES,
+    Settings,
+    SettingsError,
+    from_env,
+    is_dns_name,
+)
 
 DOM = {"HAPROXY_DOM": "example.com"}
 
@@ -226,3 +235,9 @@ def test_public_is_plain_strings() -> None:
 )
 def test_is_dns_name(name: str, ok: bool) -> None:
     assert is_dns_name(name) is ok
+
+
+@pytest.mark.parametrize("strategy", RELOAD_STRATEGIES)
+def test_every_accepted_reload_strategy_has_a_supervisor(strategy: str) -> None:
+    haproxy = make(strategy, Paths(Path("/nonexistent")))
+    assert haproxy.strategy == strategy
