@@ -338,6 +338,6 @@ def bench(
     elif name == "render":
         from devtools import bench_render
 
-        bench_render.main()
+        bench_render.main(names)
     else:
         raise Exit(f"error: unknown benchmark {name!r}; choose one of {', '.join(BENCHES)}")

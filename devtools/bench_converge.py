@@ -19,20 +19,10 @@ from typing import Any
 import requests
 
 from devtools import images
+from devtools.loadclient import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 LBS = {"runtime API": "true", "reload": "false"}
-
-
-def _ip(container: Any) -> str:
-    container.reload()
-    nets = container.attrs["NetworkSettings"]["Networks"]
-    return str(next(iter(nets.values()))["IPAddress"])
-
-
-def _port(container: Any, port: int) -> int:
-    container.reload()
-    return int(container.attrs["NetworkSettings"]["Ports"][f"{port}/tcp"][0]["HostPort"])
 
 
 def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
@@ -74,11 +64,6 @@ def _time_until(url: str, wanted: str, started: float, out: dict[str, float]) ->
         time.sleep(0.002)
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
-
-
 def main(names: images.ImageNames, rounds: int = 100, out: Callable[[str], None] = print) -> None:
     client = images.client()
     consul_image = images.ensure_consul_image(client, images.ensure_debian_base(client))
@@ -117,8 +102,8 @@ def main(names: images.ImageNames, rounds: int = 100, out: Callable[[str], None]
                 },
                 ports={"8080/tcp": ("127.0.0.1", None)},
             )
-            urls[label] = f"http://127.0.0.1:{_port(lb, 8080)}/"
-        consul_url = f"http://127.0.0.1:{_port(consul, 8500)}"
+            urls[label] = f"http://127.0.0.1:{images.host_port(lb, 8080)}/"
+        consul_url = f"http://127.0.0.1:{images.host_port(consul, 8500)}"
         _wait(
             lambda: requests.get(f"{consul_url}/v1/status/leader", timeout=1).text != '""',
             30,
@@ -129,7 +114,7 @@ def main(names: images.ImageNames, rounds: int = 100, out: Callable[[str], None]
             body = {
                 "ID": sid,
                 "Name": "conv",
-                "Address": _ip(backends[backend]),
+                "Address": images.container_ip(backends[backend]),
                 "Port": 8000,
                 "Tags": ["HAPROXY.ENABLE=true"],
             }

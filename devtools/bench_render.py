@@ -20,9 +20,9 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import closing, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,13 +118,10 @@ def bench_render(checker: HaproxyChecker, row: Row) -> None:
 class Bench:
     """The containers of the RSS and request measurements, removed on exit."""
 
-    def __init__(self, out: Callable[[str], None]) -> None:
+    def __init__(self, names: images.ImageNames, out: Callable[[str], None]) -> None:
         self.out = out
         self.client = docker.from_env()
-        self.names = images.ImageNames(
-            os.environ.get("CONSUL_LB_IMAGE_NAMESPACE", "consul-lb"),
-            os.environ.get("CONSUL_LB_IMAGE_TAG", "latest"),
-        )
+        self.names = names
         self.prefix = f"consul-lb-bench-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.created: list[Any] = []
         self.network: Any = None
@@ -133,17 +130,10 @@ class Bench:
         self.filled = 0
         self.http = requests.Session()
 
-    def consul_image(self) -> str:
-        wanted = os.environ.get("CONSUL_IMAGE", images.LOCAL_CONSUL)
-        for ref in (wanted, images.LOCAL_CONSUL):
-            if images.image_exists(self.client, ref):
-                return ref
-        raise images.ImageError(f"no Consul image ({wanted}): run `invoke base`")
-
     def start_consul(self) -> None:
         self.network = self.client.networks.create(self.prefix, driver="bridge")
         self.consul = self.client.containers.run(
-            self.consul_image(),
+            images.present_consul_image(self.client),
             command=CONSUL_COMMAND,
             network=self.network.name,
             name=f"{self.prefix}-consul",
@@ -151,9 +141,7 @@ class Bench:
             detach=True,
         )
         self.created.append(self.consul)
-        self.consul.reload()
-        port = self.consul.attrs["NetworkSettings"]["Ports"]["8500/tcp"][0]["HostPort"]
-        self.consul_url = f"http://127.0.0.1:{port}"
+        self.consul_url = f"http://127.0.0.1:{images.host_port(self.consul, 8500)}"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             with suppress(requests.RequestException):
@@ -297,15 +285,6 @@ class Bench:
                 self.network.remove()
 
 
-@contextmanager
-def bench(out: Callable[[str], None]) -> Iterator[Bench]:
-    b = Bench(out)
-    try:
-        yield b
-    finally:
-        b.close()
-
-
 def table(rows: list[Row], requests_made: int, change_s: float) -> list[str]:
     lines = [
         "| services | servers | render (model + template) | haproxy -c | haproxy.cfg "
@@ -326,20 +305,16 @@ def table(rows: list[Row], requests_made: int, change_s: float) -> list[str]:
     return lines
 
 
-def main(out: Callable[[str], None] = print) -> None:
+def main(names: images.ImageNames, out: Callable[[str], None] = print) -> None:
     rows = {n: Row(n) for n in SIZES}
     started = time.monotonic()
-    names = images.ImageNames(
-        os.environ.get("CONSUL_LB_IMAGE_NAMESPACE", "consul-lb"),
-        os.environ.get("CONSUL_LB_IMAGE_TAG", "latest"),
-    )
     out(f"render and haproxy -c ({names.ref('haproxy')}):")
     with HaproxyChecker(names.ref("haproxy")) as checker:
         for n in SIZES:
             bench_render(checker, rows[n])
             out(f"  {n} services: {rows[n].render_ms:.0f} ms + {rows[n].check_ms:.0f} ms")
     out("runtime against a real Consul:")
-    with bench(out) as b:
+    with closing(Bench(names, out)) as b:
         b.start_consul()
         requests_made, change_s = 0, 0.0
         for n in SIZES:

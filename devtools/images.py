@@ -132,6 +132,30 @@ def ensure_consul_image(c: docker.DockerClient, base: str) -> str:
     return LOCAL_CONSUL
 
 
+def present_consul_image(c: docker.DockerClient) -> str:
+    """A Consul image that is already here (``CONSUL_IMAGE``, else the local build), for
+    the containers that must not wait on a pull or a build."""
+    wanted = os.environ.get("CONSUL_IMAGE", LOCAL_CONSUL)
+    for ref in (wanted, LOCAL_CONSUL):
+        if image_exists(c, ref):
+            return ref
+    raise ImageError(f"no Consul image ({wanted} or {LOCAL_CONSUL}): run `invoke base`")
+
+
+def host_port(container: Any, port: int) -> int:
+    """The 127.0.0.1 port a container's tcp ``port`` is published on; read again each
+    time, as a restarted container may get another one."""
+    container.reload()
+    return int(container.attrs["NetworkSettings"]["Ports"][f"{port}/tcp"][0]["HostPort"])
+
+
+def container_ip(container: Any, network: str | None = None) -> str:
+    """A container's address on ``network`` (by default its first network)."""
+    container.reload()
+    networks = container.attrs["NetworkSettings"]["Networks"]
+    return str((networks[network] if network else next(iter(networks.values())))["IPAddress"])
+
+
 def run_checked(cmd: list[str], what: str) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:

@@ -19,6 +19,7 @@ from pytest_docker.plugin import Services
 from devtools import images
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
 DOMAIN = "test.local"
 # Given to the load balancers of the stack: it must appear in no log, endpoint or metric.
 CONSUL_TOKEN = f"token-{uuid.uuid4()}"
@@ -32,13 +33,17 @@ def image_names() -> images.ImageNames:
     )
 
 
+def require_images(client: docker.DockerClient, *refs: str) -> None:
+    for ref in refs:
+        if not images.image_exists(client, ref):
+            pytest.fail(f"{ref} is missing: run `invoke test` (it builds the images)")
+
+
 @pytest.fixture(scope="session")
 def docker_compose_file() -> str:
     client = images.client()
     names = image_names()
-    for name in ("haproxy", "consul-template"):
-        if not images.image_exists(client, names.ref(name)):
-            pytest.fail(f"{names.ref(name)} is missing: run `invoke test` (it builds the images)")
+    require_images(client, names.ref("haproxy"), names.ref("consul-template"))
     os.environ["TEST_CONSUL_TOKEN"] = CONSUL_TOKEN
     os.environ["HAPROXY_IMAGE"] = names.ref("haproxy")
     os.environ["BACKEND_IMAGE"] = names.ref("consul-template")
@@ -97,8 +102,7 @@ class Stack:
         return self.docker.containers.get(f"{self.project}-{service}-1")
 
     def ip(self, service: str) -> str:
-        networks = self.container(service).attrs["NetworkSettings"]["Networks"]
-        return str(next(iter(networks.values()))["IPAddress"])
+        return images.container_ip(self.container(service))
 
     def register(
         self,
@@ -172,3 +176,38 @@ def stack(stack_session: Stack) -> Iterator[Stack]:
     for service_id in stack_session.registered:
         stack_session.deregister(service_id)
     stack_session.registered.clear()
+
+
+def start_load(stack: Stack, target: str, host: str, mode: str, concurrency: int) -> Any:
+    return stack.docker.containers.run(
+        image_names().ref("consul-template"),
+        [
+            "/srv/loadclient.py",
+            f"--host={target}",
+            f"--host-header={host}",
+            f"--mode={mode}",
+            f"--concurrency={concurrency}",
+            "--duration=240",
+            "--pause=0.002",
+            # A SYN dropped three times in a row waits 1 + 2 + 4 s before it gets through:
+            # slow, not failed.
+            "--timeout=30",
+        ],
+        entrypoint="python3",
+        network=f"{stack.project}_default",
+        volumes={
+            str(ROOT / "devtools" / "loadclient.py"): {"bind": "/srv/loadclient.py", "mode": "ro"}
+        },
+        detach=True,
+        labels={"consul-lb-test": stack.project},
+    )
+
+
+def finish_load(container: Any) -> dict[str, Any]:
+    container.stop(timeout=30)
+    try:
+        out = container.logs(stdout=True, stderr=False).decode().strip().splitlines()
+    finally:
+        container.remove(force=True)
+    result: dict[str, Any] = json.loads(out[-1])
+    return result

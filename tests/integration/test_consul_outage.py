@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,42 +32,13 @@ import pytest
 import requests
 
 from devtools import images
-from tests.integration.conftest import image_names
+from tests.integration.conftest import image_names, require_images, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 DOMAIN = "test.local"
 OUTAGE_SECONDS = 30
 ENABLE = "HAPROXY.ENABLE=true"
 CONSUL_COMMAND = images.consul_dev_command(4096, "-config-dir=/consul/config")
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``check`` until it is true. (conftest's wait_until returns the exception a
-    check raised as if it were success: an exception object is truthy.)"""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-            last = "false"
-        except (requests.RequestException, ValueError) as exc:
-            last = exc
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}: last={last!r}")
-
-
-def consul_image(client: docker.DockerClient) -> str:
-    wanted = os.environ.get("CONSUL_IMAGE", images.LOCAL_CONSUL)
-    for ref in (wanted, images.LOCAL_CONSUL):
-        if images.image_exists(client, ref):
-            return ref
-    pytest.fail(f"no Consul image ({wanted} or {images.LOCAL_CONSUL}): run `invoke base`")
-
-
-def host_port(container: Any, port: str) -> int:
-    container.reload()
-    return int(container.attrs["NetworkSettings"]["Ports"][port][0]["HostPort"])
 
 
 @dataclass
@@ -82,7 +53,7 @@ class OutageStack:
     @property
     def consul_url(self) -> str:
         # Read again each time: a restarted container may get another host port.
-        return f"http://127.0.0.1:{host_port(self.consul, '8500/tcp')}"
+        return f"http://127.0.0.1:{images.host_port(self.consul, 8500)}"
 
     def get(self, host: str) -> requests.Response:
         return requests.get(self.http, headers={"Host": host}, timeout=2)
@@ -99,9 +70,11 @@ class OutageStack:
 def outage() -> Iterator[OutageStack]:
     client = docker.from_env()
     names = image_names()
-    for name in ("haproxy", "consul-template"):
-        if not images.image_exists(client, names.ref(name)):
-            pytest.fail(f"{names.ref(name)} is missing: run `invoke test` (it builds the images)")
+    require_images(client, names.ref("haproxy"), names.ref("consul-template"))
+    try:
+        consul_image = images.present_consul_image(client)
+    except images.ImageError as exc:
+        pytest.fail(str(exc))
     suffix = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
     created: list[Any] = []
     config_dir = Path(tempfile.mkdtemp(prefix="consul-lb-outage-"))
@@ -118,8 +91,7 @@ def outage() -> Iterator[OutageStack]:
             detach=True,
         )
         created.append(backend)
-        backend.reload()
-        ip = str(backend.attrs["NetworkSettings"]["Networks"][network.name]["IPAddress"])
+        ip = images.container_ip(backend, network.name)
         definition = {
             "service": {
                 "id": "www-1",
@@ -133,7 +105,7 @@ def outage() -> Iterator[OutageStack]:
         config_dir.chmod(0o755)
         consul_name = f"consul-lb-outage-consul-{suffix}"
         consul = client.containers.run(
-            consul_image(client),
+            consul_image,
             command=CONSUL_COMMAND,
             volumes={str(config_dir): {"bind": "/consul/config", "mode": "ro"}},
             network=network.name,
@@ -156,7 +128,7 @@ def outage() -> Iterator[OutageStack]:
         )
         created.append(haproxy)
         stack = OutageStack(network, consul, haproxy, backend, ip)
-        stack.http = f"http://127.0.0.1:{host_port(haproxy, '8080/tcp')}/"
+        stack.http = f"http://127.0.0.1:{images.host_port(haproxy, 8080)}/"
         yield stack
     finally:
         for container in reversed(created):

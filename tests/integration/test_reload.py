@@ -7,7 +7,6 @@ reload. Counts only: failed requests, reloads, leftover processes, zombies, rule
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -15,46 +14,11 @@ from typing import Any
 import pytest
 import requests
 
-from tests.integration.conftest import Stack, image_names, wait_until
+from tests.integration.conftest import Stack, finish_load, start_load, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 ENABLE = "HAPROXY.ENABLE=true"
 MIN_RELOADS = 200
-
-
-def start_load(stack: Stack, target: str, host: str, mode: str, concurrency: int) -> Any:
-    return stack.docker.containers.run(
-        image_names().ref("consul-template"),
-        [
-            "/srv/loadclient.py",
-            f"--host={target}",
-            f"--host-header={host}",
-            f"--mode={mode}",
-            f"--concurrency={concurrency}",
-            "--duration=240",
-            "--pause=0.002",
-            # A SYN dropped three times in a row waits 1 + 2 + 4 s before it gets through:
-            # slow, not failed.
-            "--timeout=30",
-        ],
-        entrypoint="python3",
-        network=f"{stack.project}_default",
-        volumes={
-            str(ROOT / "devtools" / "loadclient.py"): {"bind": "/srv/loadclient.py", "mode": "ro"}
-        },
-        detach=True,
-        labels={"consul-lb-test": stack.project},
-    )
-
-
-def finish_load(container: Any) -> dict[str, Any]:
-    container.stop(timeout=30)
-    try:
-        out = container.logs(stdout=True, stderr=False).decode().strip().splitlines()
-    finally:
-        container.remove(force=True)
-    result: dict[str, Any] = json.loads(out[-1])
-    return result
 
 
 LBS = ("haproxy", "haproxy-syndrop")

@@ -50,7 +50,7 @@ from runtime.render import (
     render_haproxy,
 )
 from runtime.settings import from_env
-from tests.integration.conftest import image_names
+from tests.integration.conftest import image_names, require_images
 
 EXAMPLES = 1000
 DOMAIN = "example.com"
@@ -617,8 +617,7 @@ def check_log_lines(lb: model.LoadBalancer, problems: Sequence[str]) -> None:
 @pytest.fixture(scope="module")
 def checker() -> Iterator[HaproxyChecker]:
     ref = image_names().ref("haproxy")
-    if not images.image_exists(images.client(), ref):
-        pytest.fail(f"{ref} is missing: run `invoke test` (it builds the images)")
+    require_images(images.client(), ref)
     with HaproxyChecker(ref) as c:
         yield c
 

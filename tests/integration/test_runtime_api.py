@@ -9,8 +9,7 @@ import socket
 import threading
 import time
 
-from tests.integration.conftest import DOMAIN, Stack, wait_until
-from tests.integration.test_reload import finish_load, start_load
+from tests.integration.conftest import DOMAIN, Stack, finish_load, start_load, wait_until
 
 ENABLE = "HAPROXY.ENABLE=true"
 BACKENDS = ("web-1", "web-2", "web-3")
