@@ -30,17 +30,17 @@ from typing import Any
 import docker
 import docker.errors
 import requests
+from consul_lb import model
+from consul_lb.consul.catalog import Catalog, Instance, Service
+from consul_lb.consul.config import ConsulConfig
+from consul_lb.consul.watch import CatalogWatcher
+from consul_lb.haproxy.files import Paths
+from consul_lb.haproxy.limits import fit
+from consul_lb.render import environment, render_haproxy
+from consul_lb.settings import from_env
 
 from devtools import images
 from devtools.haproxy_check import HaproxyChecker
-from runtime import model
-from runtime.catalog import Catalog, Instance, Service
-from runtime.consul_config import ConsulConfig
-from runtime.haproxy_files import Paths
-from runtime.limits import fit
-from runtime.render import environment, render_haproxy
-from runtime.settings import from_env
-from runtime.watch import CatalogWatcher
 
 SIZES = (100, 1000, 5000)
 INSTANCES = 5

@@ -13,12 +13,12 @@ import json
 import subprocess
 import time
 
-from runtime import model
-from runtime.haproxy_files import Paths, install
-from runtime.haproxy_mode import frontend_ports, render_lb
-from runtime.haproxy_process import make
-from runtime.limits import fit
-from runtime.settings import from_env
+from consul_lb import model
+from consul_lb.haproxy.files import Paths, install
+from consul_lb.haproxy.limits import fit
+from consul_lb.haproxy.process import make
+from consul_lb.manager.applier import frontend_ports, render_lb
+from consul_lb.settings import from_env
 
 
 def count_processes() -> tuple[int, int]:

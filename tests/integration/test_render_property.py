@@ -8,7 +8,7 @@ and conflicting tags, ports out of range, and instances with hostile addresses, 
 nodes. Three things are checked for every example:
 
 1. entitlement, against an oracle written here from the contract (README, "Service
-   tags") rather than from runtime/tags.py: exactly the services whose tags are all
+   tags") rather than from runtime/consul_lb/model/tags.py: exactly the services whose tags are all
    valid, whose name is a DNS label and whose tcp port is free are published, with the
    options their tags ask for, and exactly their instances with a valid address and
    port become servers;
@@ -33,23 +33,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
-from hypothesis import strategies as st
-
-from devtools import images
-from devtools.haproxy_check import CheckResult, HaproxyChecker
-from runtime import model
-from runtime.catalog import Catalog, Instance
-from runtime.haproxy_files import Paths
-from runtime.limits import Limits, fit
-from runtime.render import (
+from consul_lb import model
+from consul_lb.consul.catalog import Catalog, Instance
+from consul_lb.haproxy.files import Paths
+from consul_lb.haproxy.limits import Limits, fit
+from consul_lb.render import (
     HAPROXY_TEMPLATE,
     TEMPLATE_DIRS,
     HaproxyFiles,
     environment,
     render_haproxy,
 )
-from runtime.settings import from_env
+from consul_lb.settings import from_env
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from devtools import images
+from devtools.haproxy_check import CheckResult, HaproxyChecker
 from tests.integration.conftest import image_names, require_images
 
 EXAMPLES = 1000
@@ -137,7 +137,7 @@ def names(draw: st.DrawFn) -> str:
 
 
 # Written again from the README's tag table on purpose: the oracle must not import what
-# it checks (runtime/tags.py), or a wrong list there would pass unnoticed.
+# it checks (runtime/consul_lb/model/tags.py), or a wrong list there would pass unnoticed.
 BALANCE_SIMPLE = (
     "first",
     "leastconn",
@@ -631,7 +631,7 @@ INJECTED_TAGS: list[ServiceSpec] = [
     ("evil", ["HAPROXY.ENABLE=true", f"HAPROXY.BACKEND.BALANCE=roundrobin\n    {MARK}"], []),
     ("www", ["HAPROXY.ENABLE=true"], [("n1", "www-1", "10.0.0.1", 80)]),
 ]
-# Found by this test: "a..b" passes the model's host-name pattern (runtime/model.py,
+# Found by this test: "a..b" passes the host-name pattern (runtime/consul_lb/model/__init__.py,
 # HOSTNAME) but HAProxy refuses it ("Can't create DNS resolution for server"), so one
 # instance registered with such an address makes every later configuration fail
 # haproxy -c, and the load balancer stops following Consul for all services.

@@ -6,8 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-
-from runtime.consul_config import ConsulConfig, ConsulConfigError
+from consul_lb.consul.config import ConsulConfig, ConsulConfigError
 
 TOKEN = "0f3c9d2e-5b1a-4c7e-9d8f-secret-token"
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from runtime.durations import DurationError, format_duration, parse_duration, parse_wait
+from consul_lb.durations import DurationError, format_duration, parse_duration, parse_wait
 
 
 @pytest.mark.parametrize(

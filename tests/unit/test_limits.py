@@ -5,8 +5,7 @@ from __future__ import annotations
 import resource
 
 import pytest
-
-from runtime.limits import RESERVED_FDS, Limits, fit
+from consul_lb.haproxy.limits import RESERVED_FDS, Limits, fit
 
 
 def test_fits_as_asked() -> None:

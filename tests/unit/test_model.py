@@ -5,10 +5,9 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-
-from runtime.catalog import Catalog, Instance, Service
-from runtime.model import Backend, LoadBalancer, Server, Skipped, build, server_name, wants
-from runtime.settings import Settings
+from consul_lb.consul.catalog import Catalog, Instance, Service
+from consul_lb.model import Backend, LoadBalancer, Server, Skipped, build, server_name, wants
+from consul_lb.settings import Settings
 
 SETTINGS = Settings(domain="example.com")
 ON = "HAPROXY.ENABLE=true"

@@ -1,4 +1,4 @@
-"""runtime.observe without containers: the collector's figures for a fake applier and
+"""consul_lb.observe without containers: the collector's figures for a fake applier and
 watcher, the endpoints over a real loopback HTTP server, and the template's routing."""
 
 from __future__ import annotations
@@ -15,17 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from consul_lb import observe
+from consul_lb.consul.catalog import Catalog
+from consul_lb.consul.watch import Outage, WatchStats
+from consul_lb.haproxy.files import Paths
+from consul_lb.haproxy.limits import fit
+from consul_lb.model import Backend, LoadBalancer, Server, Skipped
+from consul_lb.model import build as build_lb
+from consul_lb.render import environment, render_haproxy
+from consul_lb.settings import from_env
 from prometheus_client.parser import text_string_to_metric_families
-
-from runtime import observe
-from runtime.catalog import Catalog
-from runtime.haproxy_files import Paths
-from runtime.limits import fit
-from runtime.model import Backend, LoadBalancer, Server, Skipped
-from runtime.model import build as build_lb
-from runtime.render import environment, render_haproxy
-from runtime.settings import from_env
-from runtime.watch import Outage, WatchStats
 
 TOKEN = "0b5f2a8e-secret-token-4d1c"
 ON = "HAPROXY.ENABLE=true"
@@ -44,7 +43,7 @@ class FakeHaproxy:
 
 @dataclass
 class FakeApplier:
-    """The attributes runtime.haproxy_mode.Applier has (and the runtime-API ones it may
+    """The attributes consul_lb.manager.applier.Applier has (and the runtime-API ones it may
     have), with made-up values."""
 
     settings: FakeSettings = field(default_factory=FakeSettings)

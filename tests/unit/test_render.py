@@ -8,13 +8,12 @@ from pathlib import Path
 
 import jinja2
 import pytest
-
-from runtime.catalog import Catalog, Instance
-from runtime.haproxy_files import Paths
-from runtime.limits import fit
-from runtime.model import build
-from runtime.render import HaproxyFiles, environment, render_haproxy, server_address
-from runtime.settings import Settings, from_env
+from consul_lb.consul.catalog import Catalog, Instance
+from consul_lb.haproxy.files import Paths
+from consul_lb.haproxy.limits import fit
+from consul_lb.model import build
+from consul_lb.render import HaproxyFiles, environment, render_haproxy, server_address
+from consul_lb.settings import Settings, from_env
 
 DOM = {"HAPROXY_DOM": "example.com"}
 ON = "HAPROXY.ENABLE=true"

@@ -5,9 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-
-from runtime.model import Backend, LoadBalancer, Server
-from runtime.runtime_api import RuntimeApi, RuntimeApiError, server_only_changes
+from consul_lb.haproxy.runtime_api import RuntimeApi, RuntimeApiError, server_only_changes
+from consul_lb.model import Backend, LoadBalancer, Server
 
 A = Server("a", "10.0.0.1", 80)
 B = Server("b", "10.0.0.2", 80)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from runtime.haproxy_files import Paths
-from runtime.haproxy_process import make
-from runtime.settings import (
+from consul_lb.haproxy.files import Paths
+from consul_lb.haproxy.process import make
+from consul_lb.settings import (
     RELOAD_STRATEGIES,
     VARIABLES,
     Settings,

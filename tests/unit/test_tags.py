@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from runtime.tags import BALANCE_SIMPLE, TAGS, ServiceOptions, TagError, parse_tags
+from consul_lb.model.tags import BALANCE_SIMPLE, TAGS, ServiceOptions, TagError, parse_tags
 
 ON = "HAPROXY.ENABLE=true"
 

@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from runtime import template_mode as tm
-from runtime.catalog import Catalog, Instance
-from runtime.consul_config import ConsulConfig
-from runtime.kv_watch import KVValue, decode
+from consul_lb import template as tm
+from consul_lb.consul.catalog import Catalog, Instance
+from consul_lb.consul.config import ConsulConfig
+from consul_lb.consul.kv import KVValue, decode
 
 WEB_A = Instance("node-a", "web-1", "10.0.0.1", 8080, ("blue",))
 WEB_B = Instance("node-b", "web-2", "10.0.0.2", 8081, ("green",))

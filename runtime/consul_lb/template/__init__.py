@@ -31,13 +31,13 @@ from typing import Any, TextIO
 
 import jinja2
 
-from runtime.atomic_write import replace_file
-from runtime.catalog import Catalog, Instance, Service
-from runtime.consul_config import ConsulConfig
-from runtime.durations import DurationError, parse_duration, parse_wait
-from runtime.kv_watch import KVWatcher, normalise_key, read_keys
-from runtime.render import environment
-from runtime.watch import CatalogWatcher, read_once
+from consul_lb.atomic_write import replace_file
+from consul_lb.consul.catalog import Catalog, Instance, Service
+from consul_lb.consul.config import ConsulConfig
+from consul_lb.consul.kv import KVWatcher, normalise_key, read_keys
+from consul_lb.consul.watch import CatalogWatcher, read_once
+from consul_lb.durations import DurationError, parse_duration, parse_wait
+from consul_lb.render import environment
 
 log = logging.getLogger("template")
 

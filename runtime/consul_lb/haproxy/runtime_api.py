@@ -28,8 +28,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from runtime.model import Backend, LoadBalancer, Server
-from runtime.render import server_address
+from consul_lb.model import Backend, LoadBalancer, Server
+from consul_lb.render import server_address
 
 log = logging.getLogger("runtime-api")
 

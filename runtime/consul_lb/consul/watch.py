@@ -28,9 +28,9 @@ from typing import Any
 import consul
 import requests
 
-from runtime.catalog import Catalog, Instance
-from runtime.consul_config import ConsulConfig
-from runtime.durations import format_duration
+from consul_lb.consul.catalog import Catalog, Instance
+from consul_lb.consul.config import ConsulConfig
+from consul_lb.durations import format_duration
 
 log = logging.getLogger("watch")
 

@@ -33,9 +33,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import Collector
 
-from runtime import __version__, model
-from runtime.haproxy_files import Paths
-from runtime.haproxy_process import socket_command
+from consul_lb import __version__, model
+from consul_lb.haproxy.files import Paths
+from consul_lb.haproxy.process import socket_command
 
 log = logging.getLogger("observe")
 
@@ -66,7 +66,7 @@ class SettingsLike(Protocol):
 
 
 class ApplierLike(Protocol):
-    """What is read from runtime.haproxy_mode.Applier (a Protocol: no import cycle, and
+    """What is read from consul_lb.manager.applier.Applier (a Protocol: no import cycle, and
     the unit tests pass plain fakes)."""
 
     @property
@@ -118,7 +118,7 @@ class ConsulLike(Protocol):
 
 
 class WatcherLike(Protocol):
-    """What is read from runtime.watch.CatalogWatcher."""
+    """What is read from consul_lb.consul.watch.CatalogWatcher."""
 
     @property
     def stats(self) -> StatsLike: ...
@@ -195,7 +195,7 @@ class RuntimeCollector(Collector):
         )
 
         stats = self.watcher.stats
-        # One consistent reading when the stats carry their lock (runtime.watch.WatchStats).
+        # One consistent reading when the stats carry their lock (WatchStats).
         lock = getattr(stats, "lock", None) or threading.Lock()
         with lock:
             requests, errors, last_success = stats.requests, stats.errors, stats.last_success

@@ -8,9 +8,9 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from runtime.catalog import Catalog, Instance, Service
-from runtime.settings import DNS_LABEL, Settings, is_dns_name
-from runtime.tags import PREFIX, ServiceOptions, TagError, parse_tags, printable
+from consul_lb.consul.catalog import Catalog, Instance, Service
+from consul_lb.model.tags import PREFIX, ServiceOptions, TagError, parse_tags, printable
+from consul_lb.settings import DNS_LABEL, Settings, is_dns_name
 
 # `\Z`, not `$`: `$` also matches before a trailing newline, which would end the line
 # in haproxy.cfg.

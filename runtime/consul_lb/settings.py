@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from runtime.durations import DurationError, parse_duration, parse_wait
+from consul_lb.durations import DurationError, parse_duration, parse_wait
 
 # HAProxy time format: a number with an optional unit (milliseconds without one).
 # `\Z`, not `$`: `$` also matches before a trailing newline.
@@ -20,7 +20,7 @@ HAPROXY_TIME = re.compile(r"^[0-9]{1,9}(us|ms|s|m|h|d)?\Z")
 DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 # The state directory is written into haproxy.cfg unquoted (admin socket, state file).
 STATE_DIR = re.compile(r"^/[A-Za-z0-9._/-]{0,200}\Z")
-# See runtime/haproxy_process.py; the first is the default.
+# See runtime/consul_lb/haproxy/process.py; the first is the default.
 RELOAD_STRATEGIES = ("seamless", "syn-drop", "naive")
 
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import consul
 
-from runtime.consul_config import ConsulConfig
-from runtime.watch import BlockingQuery, Outage, WatchStats, WatchTiming
+from consul_lb.consul.config import ConsulConfig
+from consul_lb.consul.watch import BlockingQuery, Outage, WatchStats, WatchTiming
 
 log = logging.getLogger("kv")
 

@@ -8,8 +8,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.atomic_write import replace_file
-from runtime.render import HaproxyFiles
+from consul_lb.atomic_write import replace_file
+from consul_lb.render import HaproxyFiles
 
 
 @dataclass(frozen=True)

@@ -17,16 +17,17 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from runtime import iptables, model, observe
-from runtime.catalog import Catalog
-from runtime.consul_config import ConsulConfig
-from runtime.haproxy_files import Paths, check, install, read_installed
-from runtime.haproxy_process import Haproxy, ReloadError, make
-from runtime.limits import Limits, fit
-from runtime.render import HaproxyFiles, render_haproxy
-from runtime.runtime_api import RuntimeApi, RuntimeApiError, server_only_changes
-from runtime.settings import Settings
-from runtime.watch import CatalogWatcher
+from consul_lb import model, observe
+from consul_lb.consul.catalog import Catalog
+from consul_lb.consul.config import ConsulConfig
+from consul_lb.consul.watch import CatalogWatcher
+from consul_lb.haproxy import iptables
+from consul_lb.haproxy.files import Paths, check, install, read_installed
+from consul_lb.haproxy.limits import Limits, fit
+from consul_lb.haproxy.process import Haproxy, ReloadError, make
+from consul_lb.haproxy.runtime_api import RuntimeApi, RuntimeApiError, server_only_changes
+from consul_lb.render import HaproxyFiles, render_haproxy
+from consul_lb.settings import Settings
 
 log = logging.getLogger("apply")
 

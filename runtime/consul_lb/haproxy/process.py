@@ -21,8 +21,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from runtime import iptables
-from runtime.haproxy_files import Paths
+from consul_lb.haproxy import iptables
+from consul_lb.haproxy.files import Paths
 
 log = logging.getLogger("haproxy")
 

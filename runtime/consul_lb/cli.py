@@ -8,11 +8,13 @@ import os
 import sys
 from collections.abc import Sequence
 
-from runtime import __version__, haproxy_mode, logs, model, template_mode
-from runtime.consul_config import ConsulConfig, ConsulConfigError
-from runtime.haproxy_files import Paths
-from runtime.limits import fit
-from runtime.settings import SettingsError, from_env
+from consul_lb import __version__, logs, model
+from consul_lb import template as template_mode
+from consul_lb.consul.config import ConsulConfig, ConsulConfigError
+from consul_lb.haproxy.files import Paths
+from consul_lb.haproxy.limits import fit
+from consul_lb.manager import applier as haproxy_mode
+from consul_lb.settings import SettingsError, from_env
 
 ENV_HELP = """\
 environment:
@@ -72,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("consul-lb %s starting in template mode", __version__)
         return template_mode.run(args, consul)
     if args.command == "haproxy" and args.dry_run:
-        from runtime.watch import read_once
+        from consul_lb.consul.watch import read_once
 
         catalog = read_once(consul, model.wants)
         limits = fit(settings.maxconn_global, settings.maxconn)

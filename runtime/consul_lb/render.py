@@ -10,9 +10,9 @@ from typing import Any
 
 import jinja2
 
-from runtime.limits import Limits
-from runtime.model import LoadBalancer
-from runtime.settings import Settings
+from consul_lb.haproxy.limits import Limits
+from consul_lb.model import LoadBalancer
+from consul_lb.settings import Settings
 
 # The shipped templates: in the images under /usr/share, from a checkout next to the
 # package. An operator's own directory (CONSUL_LB_TEMPLATES) comes first; its templates
@@ -22,7 +22,7 @@ SHIPPED_TEMPLATES = next(
         p
         for p in (
             Path("/usr/share/consul-lb/templates"),
-            Path(__file__).resolve().parent.parent / "templates",
+            Path(__file__).resolve().parents[2] / "templates",
         )
         if p.is_dir()
     ),

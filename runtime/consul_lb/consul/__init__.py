@@ -1,0 +1,1 @@
+"""Everything that talks to Consul: connection settings, the HTTP client, watches."""

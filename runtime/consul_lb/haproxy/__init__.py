@@ -1,0 +1,1 @@
+"""Everything that talks to HAProxy: files and checks, supervision, reloads, runtime API."""

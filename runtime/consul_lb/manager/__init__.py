@@ -1,0 +1,1 @@
+"""The loop that owns what HAProxy runs: events in, changes applied."""
