@@ -1,9 +1,16 @@
 """Jinja2 rendering: strict (an undefined name is an error, not an empty string) and
-deterministic (the same input gives byte-identical text)."""
+deterministic (the same input gives byte-identical text).
+
+``haproxy.cfg.j2`` renders the whole file; each service backend is rendered by
+``backend.cfg.j2`` and remembered, so that a change to one service of thousands renders
+one section. Both can be replaced by an operator (``CONSUL_LB_TEMPLATES``) and include
+the shipped ones as ``default/<name>``.
+"""
 
 from __future__ import annotations
 
-import os
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,12 +18,11 @@ from typing import Any
 import jinja2
 
 from consul_lb.haproxy.limits import Limits
-from consul_lb.model import LoadBalancer
+from consul_lb.model import Backend, LoadBalancer, Server
 from consul_lb.settings import Settings
 
 # The shipped templates: in the images under /usr/share, from a checkout next to the
-# package. An operator's own directory (CONSUL_LB_TEMPLATES) comes first; its templates
-# can include the shipped ones as "default/<name>".
+# package.
 SHIPPED_TEMPLATES = next(
     (
         p
@@ -28,10 +34,18 @@ SHIPPED_TEMPLATES = next(
     ),
     Path("templates"),
 )
-OPERATOR_TEMPLATES = [Path(p) for p in os.environ.get("CONSUL_LB_TEMPLATES", "").split(":") if p]
-TEMPLATE_DIRS = (*OPERATOR_TEMPLATES, SHIPPED_TEMPLATES)
 HAPROXY_TEMPLATE = "haproxy.cfg.j2"
+BACKEND_TEMPLATE = "backend.cfg.j2"
 HOSTS_MAP = "hosts.map"
+# Why the health URI fails, when it does: "<key> 1" lines (see the stats frontend).
+HEALTH_MAP = "health.map"
+WAITING = "waiting"  # no complete read of Consul yet
+DRAINING = "draining"  # SIGTERM: stopping
+# Health-check timing of every server, in the rendered file (on default-server) and for
+# servers added through the runtime API (which do not inherit default-server).
+CHECK_OPTIONS = "inter 10s fall 1"
+# A server line of a rendered file (what the runtime API can change without a reload).
+SERVER_LINE = re.compile(r"^[ \t]+server[ \t].*\n?", re.MULTILINE)
 
 
 def server_address(address: str) -> str:
@@ -40,7 +54,18 @@ def server_address(address: str) -> str:
     return f"ipv6@{address}" if ":" in address else address
 
 
-def environment(search_path: list[Path] | tuple[Path, ...]) -> jinja2.Environment:
+def server_options(server: Server, checks: bool = True, dynamic: bool = False) -> str:
+    """What follows ``<name> <addr>:<port>`` on a server line. ``dynamic`` adds what a
+    rendered server gets from ``default-server``, which ``add server`` does not read."""
+    parts = [CHECK_OPTIONS] if dynamic else []
+    if checks:
+        parts.append("check")
+    if server.maxconn is not None:
+        parts.append(f"maxconn {server.maxconn}")
+    return " ".join(parts)
+
+
+def environment(search_path: Sequence[Path]) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.ChoiceLoader(
             [
@@ -55,6 +80,8 @@ def environment(search_path: list[Path] | tuple[Path, ...]) -> jinja2.Environmen
         keep_trailing_newline=True,
     )
     env.filters["server_address"] = server_address
+    env.globals["server_options"] = server_options
+    env.globals["check_options"] = CHECK_OPTIONS
     return env
 
 
@@ -64,28 +91,67 @@ class HaproxyFiles:
 
     config: str
     hosts_map: str
+    health_map: str = ""
 
     def files(self) -> dict[str, str]:
-        return {"haproxy.cfg": self.config, HOSTS_MAP: self.hosts_map}
+        return {"haproxy.cfg": self.config, HOSTS_MAP: self.hosts_map, HEALTH_MAP: self.health_map}
+
+    def structure(self) -> str:
+        """The configuration without its server lines: equal structures differ only in
+        what the runtime API can change."""
+        return SERVER_LINE.sub("", self.config)
 
 
-def render_haproxy(
-    lb: LoadBalancer,
-    settings: Settings,
-    limits: Limits,
-    paths: dict[str, str],
-    env: jinja2.Environment | None = None,
-) -> HaproxyFiles:
-    env = env or environment(TEMPLATE_DIRS)
-    context: dict[str, Any] = {
-        "settings": settings,
-        "limits": limits,
-        "lb": lb,
-        "paths": paths,
-        "hosts_map": HOSTS_MAP,
-    }
-    config = env.get_template(HAPROXY_TEMPLATE).render(context)
-    # One line per published http service: "<host> <backend>", sorted (HAProxy's map
-    # format; the host is the backend's name).
-    hosts = "".join(f"{b.name} {b.name}\n" for b in sorted(lb.http_backends, key=lambda b: b.name))
-    return HaproxyFiles(config=config, hosts_map=hosts)
+def hosts_map(lb: LoadBalancer) -> str:
+    """HAProxy's map format, "<host> <backend>" per line, sorted: each http service's
+    host, and the same host in its absolute form (one trailing dot), which clients may
+    send (RFC 7230 5.4 allows it)."""
+    entries = sorted((host, b.name) for b in lb.http_backends for host in (b.name, f"{b.name}."))
+    return "".join(f"{host} {backend}\n" for host, backend in entries)
+
+
+class Renderer:
+    """Renders the load balancer's files; remembers each backend's section."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        paths: dict[str, str],
+        template_dirs: Sequence[Path] = (),
+    ) -> None:
+        self.settings = settings
+        self.paths = paths
+        self.env = environment([*template_dirs, SHIPPED_TEMPLATES])
+        self.sections: dict[tuple[Backend, bool], str] = {}
+
+    def render(self, lb: LoadBalancer, limits: Limits, waiting: bool = False) -> HaproxyFiles:
+        """The files for ``lb``; ``waiting`` makes the health URI fail until the first
+        complete read of Consul. Raises whatever the template raises (jinja2 errors, or
+        any exception from an operator's template): the caller contains it."""
+        sections: dict[tuple[Backend, bool], str] = {}
+        backend_template = self.env.get_template(BACKEND_TEMPLATE)
+
+        def backend_section(b: Backend) -> str:
+            key = (b, limits.checks)
+            text = sections.get(key) or self.sections.get(key)
+            if text is None:
+                text = backend_template.render(self._context(lb, limits, b=b))
+            sections[key] = text
+            return text
+
+        context = self._context(lb, limits, backend_section=backend_section)
+        config = self.env.get_template(HAPROXY_TEMPLATE).render(context)
+        self.sections = sections
+        hosts = hosts_map(lb)
+        return HaproxyFiles(config, hosts, f"{WAITING} 1\n" if waiting else "")
+
+    def _context(self, lb: LoadBalancer, limits: Limits, **extra: Any) -> dict[str, Any]:
+        return {
+            "settings": self.settings,
+            "limits": limits,
+            "lb": lb,
+            "paths": self.paths,
+            "hosts_map": HOSTS_MAP,
+            "health_map": HEALTH_MAP,
+            **extra,
+        }

@@ -6,6 +6,8 @@ in one round instead of one variable per restart.
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -25,12 +27,36 @@ RELOAD_STRATEGIES = ("seamless", "syn-drop", "naive")
 
 
 class SettingsError(ValueError):
-    """One or more variables are missing or invalid; the message lists all of them."""
+    """One or more variables are missing or invalid; ``problems`` lists all of them, one
+    line each, each naming its variable."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+        self.problems = problems
 
 
 def is_dns_name(value: str) -> bool:
     """A lower-case DNS name of at most 253 characters (labels separated by dots)."""
     return 0 < len(value) <= 253 and all(DNS_LABEL.match(label) for label in value.split("."))
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+HEALTH_WARNING = ("exclude", "include")
+
+
+@dataclass(frozen=True)
+class Common:
+    """What both modes read: logging and how Consul is read."""
+
+    log_level: str = "info"
+    log_format: str = "text"
+    # Connections to Consul, all watches and reads together (Consul's agent resets those
+    # above limits.http_max_conns_per_client, 200 per client address by default).
+    max_conns: int = 64
+    # Reads may come from any Consul server up to this stale (consul-template's
+    # max_stale), seconds; 0: every read from the leader.
+    max_stale: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +90,16 @@ class Settings:
     # Longest a removed server drains before its remaining connections are closed.
     server_drain_timeout: float = 30.0
     state_dir: Path = Path("/var/lib/consul-lb")
+    # Loopback port of the runtime's metrics and state server (behind the stats port).
+    runtime_port: int = 4445
+    # Operator template directories searched before the shipped templates.
+    templates: tuple[Path, ...] = ()
+    # Every watched service is read again this often (seconds; 0: never) to heal
+    # anything a watch missed.
+    resync_interval: float = 300.0
+    # "include": instances whose checks are in warning stay published.
+    health_warning: str = "exclude"
+    common: Common = Common()
 
     def public(self) -> dict[str, Any]:
         """Settings as plain values (for the dry run and the state endpoint)."""
@@ -116,6 +152,26 @@ def _seconds(raw: str) -> float:
         raise ValueError(str(exc)) from exc
 
 
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.lower()
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _template_dirs(raw: str) -> tuple[Path, ...]:
+    dirs = tuple(Path(p) for p in raw.split(":") if p)
+    for d in dirs:
+        if not d.is_dir():
+            raise ValueError(f"{str(d)!r} is not a directory")
+        if not os.access(d, os.R_OK | os.X_OK):
+            raise ValueError(f"{str(d)!r} is not readable")
+    return dirs
+
+
 def _bool(raw: str) -> bool:
     value = raw.lower()
     if value in {"true", "1", "yes", "on"}:
@@ -149,7 +205,42 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "HAPROXY_RUNTIME_API": ("runtime_api", _bool),
     "HAPROXY_SERVER_DRAIN_TIMEOUT": ("server_drain_timeout", _seconds),
     "CONSUL_LB_STATE_DIR": ("state_dir", _state_dir),
+    "HAPROXY_RUNTIME_PORT": ("runtime_port", PORT),
+    "HAPROXY_HEALTH_WARNING": ("health_warning", _choice(*HEALTH_WARNING)),
+    "CONSUL_LB_TEMPLATES": ("templates", _template_dirs),
+    "CONSUL_LB_RESYNC_INTERVAL": ("resync_interval", _seconds),
 }
+# Read by both modes, into Common.
+COMMON_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "CONSUL_LB_LOG_LEVEL": ("log_level", _choice(*LOG_LEVELS)),
+    "CONSUL_LB_LOG_FORMAT": ("log_format", _choice(*LOG_FORMATS)),
+    "CONSUL_LB_MAX_CONNS": ("max_conns", _int(3, 10_000)),
+    "CONSUL_LB_MAX_STALE": ("max_stale", _seconds),
+}
+
+
+def _read(
+    env: Mapping[str, str], variables: Mapping[str, tuple[str, Callable[[str], Any]]]
+) -> tuple[dict[str, Any], list[str]]:
+    values: dict[str, Any] = {}
+    errors: list[str] = []
+    for name, (field, parse) in variables.items():
+        raw = env.get(name)
+        if raw is None or raw.strip() == "":
+            continue
+        try:
+            values[field] = parse(raw.strip())
+        except ValueError as exc:
+            errors.append(f"{name}: {exc}")
+    return values, errors
+
+
+def common_from_env(env: Mapping[str, str]) -> Common:
+    """Logging and Consul-reading settings; SettingsError naming every bad variable."""
+    values, errors = _read(env, COMMON_VARIABLES)
+    if errors:
+        raise SettingsError(errors)
+    return Common(**values)
 
 
 def from_env(env: Mapping[str, str]) -> Settings:
@@ -164,22 +255,25 @@ def from_env(env: Mapping[str, str]) -> Settings:
             values["domain"] = _domain(raw_dom)
         except ValueError as exc:
             errors.append(f"HAPROXY_DOM: {exc}")
-    for name, (field, parse) in VARIABLES.items():
-        raw = env.get(name)
-        if raw is None or raw.strip() == "":
-            continue
-        try:
-            values[field] = parse(raw.strip())
-        except ValueError as exc:
-            errors.append(f"{name}: {exc}")
+    read, bad = _read(env, VARIABLES)
+    values.update(read)
+    errors += bad
+    common, bad = _read(env, COMMON_VARIABLES)
+    errors += bad
     raw_wait = env.get("HAPROXY_RENDER_WAIT", "").strip()
     if raw_wait:
         try:
             values["render_wait_min"], values["render_wait_max"] = parse_wait(raw_wait)
         except DurationError as exc:
             errors.append(f"HAPROXY_RENDER_WAIT: {exc}")
-    if values.get("http_port", 8080) == values.get("stats_port", 4444):
-        errors.append("HAPROXY_HTTP_PORT and HAPROXY_STATS_PORT must differ")
+    ports = {
+        "HAPROXY_HTTP_PORT": values.get("http_port", 8080),
+        "HAPROXY_STATS_PORT": values.get("stats_port", 4444),
+        "HAPROXY_RUNTIME_PORT": values.get("runtime_port", 4445),
+    }
+    for (a, pa), (b, pb) in itertools.combinations(ports.items(), 2):
+        if pa == pb:
+            errors.append(f"{a} and {b} must differ (both {pa})")
     if errors:
-        raise SettingsError("invalid configuration:\n  " + "\n  ".join(errors))
-    return Settings(**values)
+        raise SettingsError(errors)
+    return Settings(**values, common=Common(**common))

@@ -6,18 +6,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
-import consul
+T = TypeVar("T")
 
 DEFAULT_ADDR = "127.0.0.1:8500"
 
 
 class ConsulConfigError(ValueError):
-    pass
+    """A CONSUL_* variable is invalid; ``problems`` names each, one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+        self.problems = problems
 
 
 TRUE = {"1", "t", "true", "yes", "on"}
@@ -32,7 +37,21 @@ def _flag(env: Mapping[str, str], name: str) -> bool | None:
         return None
     if raw in TRUE | FALSE:
         return raw in TRUE
-    raise ConsulConfigError(f"{name}: expected true or false, got {env[name]!r}")
+    raise ValueError(f"{name}: expected true or false, got {env[name]!r}")
+
+
+def _readable(env: Mapping[str, str], name: str) -> str | None:
+    """A file variable's path, checked now: a CA file that cannot be read is an error at
+    start, not a watch that fails forever."""
+    path = env.get(name, "").strip()
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            fh.read(1)
+    except OSError as exc:
+        raise ValueError(f"{name}: cannot read {path}: {exc.strerror or exc}") from None
+    return path
 
 
 @dataclass(frozen=True)
@@ -49,59 +68,63 @@ class ConsulConfig:
         """Where Consul is, for log lines (never includes the token)."""
         return f"{self.scheme}://{self.host}:{self.port}"
 
-    def client(self, timeout: float = 10.0) -> consul.Consul:
-        """A new client: py-consul shares one requests session per client, so each
-        watching thread gets its own."""
-        return consul.Consul(
-            host=self.host,
-            port=self.port,
-            scheme=self.scheme,
-            token=self.token,
-            verify=self.verify,
-            cert=self.cert,
-            connections_timeout=timeout,
-        )
-
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ConsulConfig:
+        """Read Consul's own variables; ConsulConfigError naming every bad one."""
+        problems: list[str] = []
+
+        def attempt(read: Callable[[], T]) -> T | None:
+            try:
+                return read()
+            except ValueError as exc:
+                problems.append(str(exc))
+                return None
+
         # Errors name the variable the address came from.
         var = next((v for v in ("CONSUL_HTTP_ADDR", "CONSUL_SERVER") if env.get(v)), None)
         raw = env[var] if var else DEFAULT_ADDR
         var = var or "CONSUL_HTTP_ADDR"
-        scheme = "https" if _flag(env, "CONSUL_HTTP_SSL") else "http"
-        if "://" in raw:
-            parts = urlsplit(raw)
-            if parts.scheme not in {"http", "https"}:
-                raise ConsulConfigError(f"{var}: unsupported scheme in {raw!r}")
-            scheme = parts.scheme
-            netloc = parts.netloc
-        else:
-            netloc = raw
-        host, _, port_raw = netloc.rpartition(":")
-        if not host:
-            host, port_raw = netloc, "8500"
-        # An IPv6 host keeps its brackets: py-consul joins "<scheme>://<host>:<port>".
-        bad_host = not host.strip("[]") or (":" in host and not host.startswith("["))
-        if bad_host or not port_raw.isdigit() or not 0 < int(port_raw) < 65536:
-            raise ConsulConfigError(f"{var}: expected host:port or scheme://host:port, got {raw!r}")
-        token = env.get("CONSUL_HTTP_TOKEN") or None
-        token_file = env.get("CONSUL_HTTP_TOKEN_FILE")
+        ssl = attempt(lambda: _flag(env, "CONSUL_HTTP_SSL"))
+        verify_flag = attempt(lambda: _flag(env, "CONSUL_HTTP_SSL_VERIFY"))
+        address = attempt(lambda: _address(var, raw, "https" if ssl else "http"))
+        token = env.get("CONSUL_HTTP_TOKEN", "").strip() or None
+        token_file = env.get("CONSUL_HTTP_TOKEN_FILE", "").strip()
         if token is None and token_file:
             try:
                 token = Path(token_file).read_text().strip() or None
             except OSError as exc:
-                raise ConsulConfigError(
-                    f"CONSUL_HTTP_TOKEN_FILE: cannot read {token_file}: {exc.strerror}"
-                ) from exc
+                problems.append(f"CONSUL_HTTP_TOKEN_FILE: cannot read {token_file}: {exc.strerror}")
+        cacert = attempt(lambda: _readable(env, "CONSUL_CACERT"))
+        client_cert = attempt(lambda: _readable(env, "CONSUL_CLIENT_CERT"))
+        client_key = attempt(lambda: _readable(env, "CONSUL_CLIENT_KEY"))
+        if bool(env.get("CONSUL_CLIENT_CERT")) != bool(env.get("CONSUL_CLIENT_KEY")):
+            problems.append("CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY go together")
+        if problems or address is None:
+            raise ConsulConfigError(problems)
         verify: bool | str = True
-        if _flag(env, "CONSUL_HTTP_SSL_VERIFY") is False:
+        if verify_flag is False:
             verify = False
-        if env.get("CONSUL_CACERT") and verify is not False:
-            verify = env["CONSUL_CACERT"]
-        cert = None
-        client_cert, client_key = env.get("CONSUL_CLIENT_CERT"), env.get("CONSUL_CLIENT_KEY")
-        if bool(client_cert) != bool(client_key):
-            raise ConsulConfigError("CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY go together")
-        if client_cert and client_key:
-            cert = (client_cert, client_key)
-        return cls(host, int(port_raw), scheme, token, verify, cert)
+        elif cacert:
+            verify = cacert
+        cert = (client_cert, client_key) if client_cert and client_key else None
+        scheme, host, port = address
+        return cls(host, port, scheme, token, verify, cert)
+
+
+def _address(var: str, raw: str, scheme: str) -> tuple[str, str, int]:
+    """(scheme, host, port) from ``host:port`` or ``scheme://host:port``."""
+    if "://" in raw:
+        parts = urlsplit(raw)
+        if parts.scheme not in {"http", "https"}:
+            raise ValueError(f"{var}: unsupported scheme in {raw!r}")
+        scheme, netloc = parts.scheme, parts.netloc
+    else:
+        netloc = raw
+    host, _, port_raw = netloc.rpartition(":")
+    if not host:
+        host, port_raw = netloc, "8500"
+    # An IPv6 host keeps its brackets: URLs are joined as "<scheme>://<host>:<port>".
+    bad_host = not host.strip("[]") or (":" in host and not host.startswith("["))
+    if bad_host or not port_raw.isdigit() or not 0 < int(port_raw) < 65536:
+        raise ValueError(f"{var}: expected host:port or scheme://host:port, got {raw!r}")
+    return scheme, host, int(port_raw)

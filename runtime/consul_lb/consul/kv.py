@@ -7,16 +7,16 @@ no template asks for any more lose theirs (consul-template's dependency discover
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
-import consul
-
-from consul_lb.consul.config import ConsulConfig
-from consul_lb.consul.watch import BlockingQuery, Outage, WatchStats, WatchTiming
+from consul_lb.consul.client import ConsulClient, ConsulHTTPError, Response
+from consul_lb.consul.watch import BlockingQuery, Outage, WatchStatus, WatchTiming
 
 log = logging.getLogger("kv")
 
@@ -24,10 +24,7 @@ log = logging.getLogger("kv")
 @dataclass(frozen=True)
 class KVValue:
     """What one read of a key found. ``value`` is None when the key does not exist; a
-    key that exists with no value reads as "".
-
-    Never None itself: BlockingQuery ignores content equal to the previous one and starts
-    from None, so an absent key must still be something, or its first read is lost."""
+    key that exists with no value reads as ""."""
 
     value: str | None
 
@@ -37,27 +34,33 @@ def normalise_key(path: str) -> str:
     return path.lstrip("/")
 
 
-def decode(raw: dict[str, Any] | None) -> KVValue:
-    """From py-consul's ``kv.get`` data (``Value`` already base64-decoded to bytes)."""
-    if raw is None:
+def decode(entries: list[dict[str, Any]] | None) -> KVValue:
+    """From ``/v1/kv/<key>``'s answer (a list of one entry, ``Value`` in base64)."""
+    if not entries:
         return KVValue(None)
-    value = raw.get("Value")
-    if value is None:
+    raw = entries[0].get("Value")
+    if raw is None:
         return KVValue("")
-    if isinstance(value, bytes):
-        # Templates produce text; a stray non-UTF-8 byte should not stop rendering.
-        return KVValue(value.decode("utf-8", errors="replace"))
-    return KVValue(str(value))
+    # Templates produce text; a stray non-UTF-8 byte should not stop rendering.
+    return KVValue(base64.b64decode(raw).decode("utf-8", errors="replace"))
 
 
-def read_keys(config: ConsulConfig, keys: Iterable[str]) -> dict[str, str | None]:
+def get_key(
+    client: ConsulClient, key: str, index: int | None = None, wait: float | None = None
+) -> tuple[int, KVValue]:
+    """One key: (Consul index, value); a key that does not exist is KVValue(None)."""
+    try:
+        response = client.get(f"/v1/kv/{quote(normalise_key(key))}", index=index, wait=wait)
+    except ConsulHTTPError as exc:
+        if exc.status == 404:
+            return exc.index, KVValue(None)
+        raise
+    return response.index, decode(response.data)
+
+
+def read_keys(client: ConsulClient, keys: Iterable[str]) -> dict[str, str | None]:
     """Each key as it is now, without blocking (for ``--once``)."""
-    c = config.client(timeout=10.0)
-    found: dict[str, str | None] = {}
-    for key in sorted(set(keys)):
-        _, raw = c.kv.get(normalise_key(key))
-        found[key] = decode(raw).value
-    return found
+    return {key: get_key(client, key)[1].value for key in sorted(set(keys))}
 
 
 class KVWatcher:
@@ -65,19 +68,17 @@ class KVWatcher:
 
     def __init__(
         self,
-        config: ConsulConfig,
-        notify: threading.Event,
+        client: ConsulClient,
+        notify: Callable[[], None],
         timing: WatchTiming | None = None,
-        stats: WatchStats | None = None,
         outage: Outage | None = None,
     ) -> None:
-        self.config = config
+        self.client = client
         self.notify = notify
         self.timing = timing or WatchTiming()
         # Shared with the catalog watcher when given, so that a Consul outage is logged
-        # once and the request counters cover every query.
-        self.stats = stats or WatchStats()
-        self.outage = outage or Outage(config.address)
+        # once.
+        self.outage = outage or Outage(client.config.address, client.max_conns)
         self.lock = threading.Lock()
         self.queries: dict[str, BlockingQuery] = {}
         self.values: dict[str, str | None] = {}
@@ -105,25 +106,32 @@ class KVWatcher:
             for query in self.queries.values():
                 query.stop()
 
-    def _query(self, key: str) -> BlockingQuery:
-        c: consul.Consul = self.config.client(timeout=10.0)
-        path = normalise_key(key)
+    def statuses(self) -> list[WatchStatus]:
+        with self.lock:
+            return [q.status for q in self.queries.values()]
 
-        def fetch(index: str | None, wait: str) -> tuple[str, Any]:
-            raw_index, raw = c.kv.get(path, index=index, wait=wait)
+    def _query(self, key: str) -> BlockingQuery:
+        last: list[KVValue] = []
+
+        def fetch(index: int | None) -> Response:
+            found_index, value = get_key(self.client, key, index, self.timing.wait)
+            return Response(value, found_index)
+
+        def on_data(response: Response) -> None:
+            found: KVValue = response.data
             # Only the value matters: a write of the same value (new ModifyIndex) is not
             # a change for the templates.
-            return str(raw_index), decode(raw)
-
-        def on_data(found: KVValue) -> None:
+            if last and last[0] == found:
+                return
+            last[:] = [found]
             with self.lock:
                 # A query stopped by want() may still deliver one late answer; a key
                 # dropped and wanted again has a new query, and only that one counts.
                 if self.queries.get(key) is not query:
                     return
                 self.values[key] = found.value
-            self.notify.set()
+            self.notify()
 
         # on_data compares with this name; it is bound before the query's thread starts.
-        query = BlockingQuery(f"kv:{key}", fetch, on_data, self.timing, self.stats, self.outage)
+        query = BlockingQuery(f"kv:{key}", fetch, on_data, self.timing, self.outage)
         return query

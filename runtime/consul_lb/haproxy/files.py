@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from consul_lb.atomic_write import replace_file
-from consul_lb.render import HaproxyFiles
+from consul_lb.render import HEALTH_MAP, HOSTS_MAP, HaproxyFiles
+
+NAMES = ("haproxy.cfg", HOSTS_MAP, HEALTH_MAP)
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,13 @@ class Paths:
             "admin_socket": str(self.admin_socket),
             "master_socket": str(self.master_socket),
             "server_state": str(self.server_state),
+            "live": str(self.live),
         }
+
+
+# A configuration of thousands of services checks in well under a second; a check that
+# takes this long is stuck (e.g. resolving host names), not slow.
+CHECK_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -50,18 +58,30 @@ class Validation:
     message: str  # HAProxy's own words when not ok
 
 
-def check(files: HaproxyFiles, haproxy: str = "haproxy") -> Validation:
-    """``haproxy -c`` on the files as they would be installed (same names, same
-    relative map path), in a scratch directory."""
+def check(
+    files: HaproxyFiles,
+    live: Path | None = None,
+    haproxy: str = "haproxy",
+    timeout: float = CHECK_TIMEOUT,
+) -> Validation:
+    """``haproxy -c`` on the files as they would be installed in ``live``, copied to a
+    scratch directory (the configuration's references to ``live`` pointed there, so that
+    the new maps are the ones checked); at most ``timeout`` seconds."""
     with tempfile.TemporaryDirectory(prefix="consul-lb-check-") as tmp:
         for name, text in files.files().items():
+            if live is not None and name == "haproxy.cfg":
+                text = text.replace(f"{live}/", f"{tmp}/")
             Path(tmp, name).write_text(text)
-        proc = subprocess.run(
-            [haproxy, "-c", "-f", str(Path(tmp, "haproxy.cfg"))],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        try:
+            proc = subprocess.run(
+                [haproxy, "-c", "-f", str(Path(tmp, "haproxy.cfg"))],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            return Validation(False, f"haproxy -c did not finish within {timeout:.0f}s")
     if proc.returncode == 0:
         return Validation(True, "")
     lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
@@ -71,12 +91,10 @@ def check(files: HaproxyFiles, haproxy: str = "haproxy") -> Validation:
 
 def read_installed(paths: Paths) -> HaproxyFiles | None:
     try:
-        return HaproxyFiles(
-            config=paths.config.read_text(),
-            hosts_map=(paths.live / "hosts.map").read_text(),
-        )
+        texts = {name: (paths.live / name).read_text() for name in NAMES}
     except FileNotFoundError:
         return None
+    return HaproxyFiles(texts["haproxy.cfg"], texts[HOSTS_MAP], texts[HEALTH_MAP])
 
 
 def install(files: HaproxyFiles, paths: Paths) -> None:

@@ -8,42 +8,29 @@
   SYN (after about 1 s) and get through. Needs NET_ADMIN.
 - ``naive``: a plain ``-sf`` reload with no protection: the baseline of the benchmark.
   Connections queued on the old process's sockets when it closes them are reset.
+
+Only the manager loop calls these methods (no lock): the exit of the main HAProxy
+process is reported through ``on_exit`` from a waiter thread, for the loop to handle.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
-import socket
-import subprocess
-import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from consul_lb.child import Process
 from consul_lb.haproxy import iptables
+from consul_lb.haproxy.admin import socket_command
 from consul_lb.haproxy.files import Paths
 
 log = logging.getLogger("haproxy")
 
 
 class ReloadError(RuntimeError):
-    pass
-
-
-def socket_command(path: str, command: str, timeout: float = 30.0) -> str:
-    """Send one command to an HAProxy CLI socket and return the whole answer."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(path)
-        sock.sendall(command.encode() + b"\n")
-        chunks: list[bytes] = []
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                break
-            chunks.append(data)
-    return b"".join(chunks).decode(errors="replace")
+    """HAProxy could not be started (the message says why)."""
 
 
 @dataclass
@@ -53,15 +40,21 @@ class ReloadResult:
 
 
 class Haproxy:
-    """Common supervision: start, restart with backoff, server state, soft stop."""
+    """Common supervision: start, reload, soft stop. ``on_exit(pid, code)`` is called
+    from a waiter thread when the main process exits and no stop was asked for."""
 
     strategy = ""
 
-    def __init__(self, paths: Paths, binary: str = "haproxy") -> None:
+    def __init__(
+        self,
+        paths: Paths,
+        on_exit: Callable[[int, int], None] | None = None,
+        binary: str = "haproxy",
+    ) -> None:
         self.paths = paths
         self.binary = binary
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.lock = threading.Lock()  # one start/reload/stop at a time
+        self.on_exit = on_exit
+        self.proc: Process | None = None
         self.stopping = False
         self.restarts = 0
 
@@ -76,28 +69,41 @@ class Haproxy:
         """Checks and clean-up before the first start (e.g. capabilities)."""
 
     # -- common ----------------------------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def _exited(self, proc: Process, code: int) -> None:
+        if proc is self.proc and not self.stopping and self.on_exit is not None:
+            self.on_exit(proc.pid, code)
+
+    def _spawn(self, argv: Sequence[str]) -> Process:
+        return Process(argv, on_exit=self._exited)
+
     def start(self) -> None:
-        with self.lock:
-            self._start()
-
-    def _start(self) -> None:
+        """Start HAProxy on the installed files; ReloadError if it does not come up."""
         self.paths.server_state.touch(exist_ok=True)
-        self.proc = subprocess.Popen(self.command())
-        self._wait_ready(self.proc)
-        log.info("haproxy started (pid %d, %s reloads)", self.proc.pid, self.strategy)
+        proc = self._spawn(self.command())
+        try:
+            self._wait_ready(proc)
+        except ReloadError:
+            proc.stop(signal.SIGKILL, 5)
+            raise
+        self.proc = proc
+        log.info("haproxy started (pid %d, %s reloads)", proc.pid, self.strategy)
 
-    def _wait_ready(self, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    def _wait_ready(self, proc: Process, timeout: float = 10.0) -> None:
         """Until the admin socket answers for ``proc`` (or a worker of it)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise ReloadError(f"haproxy exited at start with code {proc.returncode}")
+            if not proc.running():
+                raise ReloadError(f"haproxy exited at start with code {proc.code}")
             if self._serving(proc):
                 return
             time.sleep(0.01)
         raise ReloadError(f"haproxy did not answer on its admin socket within {timeout:.0f}s")
 
-    def _serving(self, proc: subprocess.Popen[bytes]) -> bool:
+    def _serving(self, proc: Process) -> bool:
         """True once the admin socket answers (in master-worker mode, a worker does)."""
         return self._info() is not None
 
@@ -108,27 +114,15 @@ class Haproxy:
             return None
 
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def save_server_state(self) -> None:
-        """Keep health, weights and maintenance states across the reload."""
-        try:
-            state = socket_command(str(self.paths.admin_socket), "show servers state", timeout=5)
-        except OSError as exc:
-            log.warning("could not save server state before reload: %s", exc)
-            return
-        tmp = self.paths.server_state.with_suffix(".tmp")
-        tmp.write_text(state)
-        tmp.replace(self.paths.server_state)
+        return self.proc is not None and self.proc.running()
 
     def reload(self, ports: Sequence[int] = ()) -> ReloadResult:
-        """Apply the installed configuration; ``ports`` are the frontend ports."""
-        with self.lock:
-            if not self.running():
-                self._start()
-                return ReloadResult(True, "started")
-            self.save_server_state()
-            return self._reload(ports)
+        """Apply the installed configuration; ``ports`` are the frontend ports. Starts
+        HAProxy when it does not run (ReloadError if it cannot)."""
+        if not self.running():
+            self.start()
+            return ReloadResult(True, "started")
+        return self._reload(ports)
 
     def admin(self, command: str) -> str:
         return socket_command(str(self.paths.admin_socket), command)
@@ -136,46 +130,23 @@ class Haproxy:
     def soft_stop(self, timeout: float) -> int:
         """SIGUSR1: listeners close, open connections finish (bounded by
         hard-stop-after), then HAProxy exits."""
-        with self.lock:
-            self.stopping = True
-            if not self.running() or self.proc is None:
-                return 0
-            self._signal_all(signal.SIGUSR1)
-            try:
-                return self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("haproxy still running %.0fs after soft-stop; terminating", timeout)
-                self._signal_all(signal.SIGTERM)
-                return self.proc.wait(10)
+        self.stopping = True
+        if self.proc is None or not self.proc.running():
+            return 0
+        self._signal_all(signal.SIGUSR1)
+        code = self.proc.wait(timeout)
+        if code is None:
+            log.warning("haproxy still running %.0fs after soft-stop; terminating", timeout)
+            self._signal_all(signal.SIGTERM)
+            code = self.proc.wait(10)
+        return code if code is not None else -1
 
     def _signal_all(self, sig: signal.Signals) -> None:
         if self.proc is not None:
-            self.proc.send_signal(sig)
+            self.proc.send(sig)
 
-    def reap(self) -> None:
-        """Collect exited old processes (strategies that start one process per reload)."""
-
-    def watch(self, stop: threading.Event) -> None:
-        """Restart HAProxy with capped exponential backoff if it dies on its own."""
-        failures = 0
-        while not stop.wait(0.5):
-            self.reap()
-            if self.stopping or self.proc is None or self.proc.poll() is None:
-                continue
-            code = self.proc.returncode
-            delay = min(30.0, 0.5 * 2**failures)
-            log.error("haproxy exited unexpectedly (code %s); restarting in %.1fs", code, delay)
-            if stop.wait(delay):
-                return
-            try:
-                with self.lock:
-                    if not self.stopping:
-                        self._start()
-                        self.restarts += 1
-                failures = 0
-            except (ReloadError, OSError) as exc:
-                failures += 1
-                log.error("haproxy restart failed: %s", exc)
+    def old_processes(self) -> int:
+        return 0
 
 
 class MasterWorker(Haproxy):
@@ -192,9 +163,9 @@ class MasterWorker(Haproxy):
             str(self.paths.config),
         ]
 
-    def _start(self) -> None:
+    def start(self) -> None:
         self.paths.master_socket.unlink(missing_ok=True)
-        super()._start()
+        super().start()
 
     def _reload(self, ports: Sequence[int]) -> ReloadResult:
         answer = self._master_command("reload")
@@ -226,14 +197,19 @@ class SoftFinish(Haproxy):
 
     strategy = "naive"
 
-    def __init__(self, paths: Paths, binary: str = "haproxy") -> None:
-        super().__init__(paths, binary)
-        self.old: list[subprocess.Popen[bytes]] = []
+    def __init__(
+        self,
+        paths: Paths,
+        on_exit: Callable[[int, int], None] | None = None,
+        binary: str = "haproxy",
+    ) -> None:
+        super().__init__(paths, on_exit, binary)
+        self.old: list[Process] = []
 
     def command(self) -> list[str]:
         return [self.binary, "-db", "-f", str(self.paths.config)]
 
-    def _serving(self, proc: subprocess.Popen[bytes]) -> bool:
+    def _serving(self, proc: Process) -> bool:
         # The old process answers on the same socket path until the new one has bound
         # it: wait for the new one's own answer.
         info = self._info()
@@ -245,29 +221,23 @@ class SoftFinish(Haproxy):
     def _replace(self) -> ReloadResult:
         old = self.proc
         assert old is not None
-        new = subprocess.Popen([*self.command(), "-sf", str(old.pid)])
+        new = self._spawn([*self.command(), "-sf", str(old.pid)])
         try:
             self._wait_ready(new)
         except ReloadError as exc:
-            if new.poll() is None:
-                new.kill()
-            new.wait()
+            new.stop(signal.SIGKILL, 5)
             return ReloadResult(False, f"{exc}; the previous process keeps serving")
-        self.old.append(old)
+        self.old = [p for p in self.old if p.running()] + [old]
         self.proc = new
         return ReloadResult(True, "")
 
-    def reap(self) -> None:
-        with self.lock:
-            self.old = [p for p in self.old if p.poll() is None]
-
     def old_processes(self) -> int:
-        return sum(1 for p in self.old if p.poll() is None)
+        return sum(1 for p in self.old if p.running())
 
     def _signal_all(self, sig: signal.Signals) -> None:
         for p in [*self.old, self.proc]:
-            if p is not None and p.poll() is None:
-                p.send_signal(sig)
+            if p is not None:
+                p.send(sig)
 
 
 class SynDrop(SoftFinish):
@@ -289,7 +259,16 @@ class SynDrop(SoftFinish):
             iptables.remove_all()
 
 
-def make(strategy: str, paths: Paths) -> Haproxy:
+STRATEGIES: dict[str, type[Haproxy]] = {
+    kind.strategy: kind for kind in (MasterWorker, SynDrop, SoftFinish)
+}
+
+
+def make(
+    strategy: str,
+    paths: Paths,
+    on_exit: Callable[[int, int], None] | None = None,
+    binary: str = "haproxy",
+) -> Haproxy:
     """The supervisor for a strategy named in settings.RELOAD_STRATEGIES."""
-    kinds = {kind.strategy: kind for kind in (MasterWorker, SynDrop, SoftFinish)}
-    return kinds[strategy](paths)
+    return STRATEGIES[strategy](paths, on_exit, binary)

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from consul_lb.model import Backend, LoadBalancer, Server
-from consul_lb.render import server_address
+from consul_lb.render import server_address, server_options
 
 log = logging.getLogger("runtime-api")
 
@@ -72,6 +72,12 @@ def server_only_changes(old: LoadBalancer, new: LoadBalancer) -> list[ServerChan
             # HAProxy resolves host names when it loads its configuration ("init-addr
             # libc"); a server added at run time with a host name would stay unresolved.
             return None
+        if any(
+            s.name in old_by_name
+            and dataclasses.replace(old_by_name[s.name], address=s.address, port=s.port) != s
+            for s in arriving
+        ):
+            return None  # a server's options changed (e.g. its maxconn): reload
         changes.append(
             ServerChange(
                 after,
@@ -83,20 +89,23 @@ def server_only_changes(old: LoadBalancer, new: LoadBalancer) -> list[ServerChan
     return changes
 
 
+def parse_map(text: str) -> dict[str, str]:
+    """A map file's "key value" lines (HAProxy's map format; blank lines and # comments
+    ignored)."""
+    entries: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.strip().partition(" ")
+        if key and not key.startswith("#"):
+            entries[key] = value.strip()
+    return entries
+
+
 def is_ip(address: str) -> bool:
     try:
         ipaddress.ip_address(address)
     except ValueError:
         return False
     return True
-
-
-def server_options(backend: Backend, checks: bool = True) -> str:
-    """What ``default-server`` gives rendered servers: dynamic servers do not inherit it."""
-    options = "check inter 10s fall 1" if checks else "inter 10s fall 1"
-    if backend.maxconn is not None:
-        options += f" maxconn {backend.maxconn}"
-    return options
 
 
 @dataclass
@@ -171,7 +180,7 @@ class RuntimeApi:
         self._run(
             f"add server {be}/{server.name} "
             f"{server_address(server.address)}:{server.port} "
-            f"{server_options(backend, self.checks)}",
+            f"{server_options(server, self.checks, dynamic=True)}",
             success=("New server registered",),
         )
         if self.checks:
@@ -221,6 +230,24 @@ class RuntimeApi:
             if row.get("scur", "").isdigit():
                 out[(row["pxname"], row["svname"])] = int(row["scur"])
         return out
+
+    def set_map(self, path: str, old: str, new: str) -> int:
+        """Make the map HAProxy loaded from ``path`` hold ``new`` instead of ``old`` (both
+        in map-file format); returns the number of commands."""
+        before, after = parse_map(old), parse_map(new)
+        count = 0
+        for key in sorted(before.keys() - after.keys()):
+            self._run(f"del map {path} {key}")
+            count += 1
+        for key, value in sorted(after.items()):
+            if key not in before:
+                self._run(f"add map {path} {key} {value}")
+            elif before[key] != value:
+                self._run(f"set map {path} {key} {value}")
+            else:
+                continue
+            count += 1
+        return count
 
     def forget(self) -> None:
         """After a reload the new process has none of the draining servers; the old one

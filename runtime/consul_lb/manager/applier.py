@@ -1,73 +1,76 @@
-"""HAProxy mode: Consul catalog -> model -> haproxy.cfg -> validated -> applied.
+"""Catalog snapshot -> model -> rendered files -> checked -> applied to HAProxy.
 
-Bad input never reaches HAProxy: a service whose tags cannot be published is skipped
-with one log line, and a rendered configuration that ``haproxy -c`` rejects is never
-installed (the running one keeps serving).
+Called only by the manager loop, one change at a time. Bad input never reaches HAProxy:
+a service whose tags cannot be published is skipped with one log line; a configuration
+that cannot be rendered or that ``haproxy -c`` rejects is narrowed down to the services
+that cause it (by bisection), those are left out, and the rest is applied; the running
+configuration keeps serving meanwhile.
+
+A change reaches HAProxy by the runtime API, with no reload, when the new rendering
+differs from the running one in server lines and maps alone; otherwise by a reload,
+after the server-state file has been reconciled with the new configuration.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import signal
 import socket
-import threading
 import time
 from dataclasses import dataclass, field
-from types import FrameType
-from typing import Any
 
-from consul_lb import model, observe
+from consul_lb import model
 from consul_lb.consul.catalog import Catalog
-from consul_lb.consul.config import ConsulConfig
-from consul_lb.consul.watch import CatalogWatcher
-from consul_lb.haproxy import iptables
-from consul_lb.haproxy.files import Paths, check, install, read_installed
+from consul_lb.haproxy import server_state
+from consul_lb.haproxy.files import Paths, Validation, check, install
 from consul_lb.haproxy.limits import Limits, fit
-from consul_lb.haproxy.process import Haproxy, ReloadError, make
+from consul_lb.haproxy.process import Haproxy, ReloadError
 from consul_lb.haproxy.runtime_api import RuntimeApi, RuntimeApiError, server_only_changes
-from consul_lb.render import HaproxyFiles, render_haproxy
+from consul_lb.manager import isolate
+from consul_lb.render import DRAINING, HEALTH_MAP, HOSTS_MAP, HaproxyFiles, Renderer
 from consul_lb.settings import Settings
 
 log = logging.getLogger("apply")
 
 
-def render_lb(
-    lb: model.LoadBalancer, settings: Settings, limits: Limits, paths: Paths
-) -> HaproxyFiles:
-    return render_haproxy(lb, settings, limits, paths.template_paths())
-
-
-def render_catalog(
-    catalog: Catalog, settings: Settings, limits: Limits, paths: Paths
-) -> tuple[HaproxyFiles, model.LoadBalancer, list[str]]:
-    lb, problems = model.build(catalog, settings)
-    return render_lb(lb, settings, limits, paths), lb, problems
-
-
-def without(lb: model.LoadBalancer, reasons: dict[str, str]) -> model.LoadBalancer:
-    """``lb`` with the named services moved to the skipped list."""
-    return model.LoadBalancer(
-        tuple(b for b in lb.backends if b.service not in reasons),
-        tuple(
-            sorted(
-                [*lb.skipped, *(model.Skipped(name, why) for name, why in reasons.items())],
-                key=lambda s: s.service,
-            )
-        ),
-    )
-
-
 def port_free(port: int) -> bool:
-    """Whether a new tcp frontend could bind ``port`` here. haproxy -c does not bind, and a
-    port taken by another program (with host networking, any program on the host) would
-    make every later reload fail."""
+    """Whether a new tcp frontend could bind ``port`` here. haproxy -c does not bind, and
+    a port taken by another program (with host networking, any program on the host)
+    would make every later reload fail. SO_REUSEADDR, as HAProxy binds: a port whose
+    last connections are in TIME_WAIT is free."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("0.0.0.0", port))
         except OSError:
             return False
     return True
+
+
+def frontend_ports(lb: model.LoadBalancer, settings: Settings) -> list[int]:
+    return [settings.http_port, settings.stats_port, *sorted(lb.ports)]
+
+
+@dataclass
+class Plan:
+    """What a catalog gives, ready to install: the load balancer, the problems to
+    report, the files."""
+
+    lb: model.LoadBalancer
+    problems: list[str]
+    files: HaproxyFiles
+    limits: Limits
+
+
+@dataclass
+class Counters:
+    reloads: int = 0
+    failed_reloads: int = 0
+    failed_validations: int = 0
+    renders: int = 0
+    last_render_seconds: float = 0.0
+    runtime_api_changes: int = 0
+    reload_changes: int = 0
+    runtime_api_fallbacks: int = 0
 
 
 @dataclass
@@ -76,34 +79,66 @@ class Applier:
     once, not once per change."""
 
     settings: Settings
-    limits: Limits
     paths: Paths
     haproxy: Haproxy
-    current: HaproxyFiles | None = None
+    renderer: Renderer
+    limits: Limits = field(default_factory=lambda: Limits(0, 0, 0, False))
+    current: HaproxyFiles | None = None  # what HAProxy runs
     applied: model.LoadBalancer | None = None
+    counters: Counters = field(default_factory=Counters)
     reported: set[str] = field(default_factory=set)
-    failed_validations: int = 0
-    reloads: int = 0
-    failed_reloads: int = 0
-    renders: int = 0
-    last_render_seconds: float = 0.0
-    # Changes applied, by path: "runtime_api" (no reload) or "reload".
-    runtime_api_changes: int = 0
-    reload_changes: int = 0
-    runtime_api_fallbacks: int = 0
-    api: RuntimeApi | None = None
+    cache: model.Candidates = field(default_factory=model.Candidates)
+    api: RuntimeApi = field(init=False)
 
     def __post_init__(self) -> None:
         self.api = RuntimeApi(self.haproxy.admin, self.settings.server_drain_timeout)
 
-    def report(self, lines: list[str]) -> None:
-        for line in lines:
-            if line not in self.reported:
-                log.warning("%s", line)
-        self.reported = set(lines)
+    # -- planning (also the dry run) --------------------------------------------------
+    def plan(self, catalog: Catalog, waiting: bool = False) -> Plan:
+        """Model, port probe, limits and render, as a reload would install them (no
+        check). Raises what the template raises."""
+        started = time.monotonic()
+        held = self.applied.ports if self.applied else {}
+        lb, problems = model.build(catalog, self.settings, held, self.cache)
+        lb = lb.without(self.taken_ports(lb))
+        limits = self.fit_limits(lb)
+        files = self.renderer.render(lb, limits, waiting)
+        self.counters.renders += 1
+        self.counters.last_render_seconds = time.monotonic() - started
+        return Plan(lb, problems, files, limits)
+
+    def checked(self, plan: Plan) -> Plan | None:
+        """``plan`` once ``haproxy -c`` accepts it: as it is, or without the services
+        that make it fail (found by bisection). None when nothing acceptable is left."""
+        result = self.validate(plan.files)
+        if result.ok:
+            return plan
+        self.counters.failed_validations += 1
+        bad = isolate.culprits(self.applied, plan.lb, self.trial, result.message)
+        if not bad:
+            log.error(
+                "new configuration rejected by haproxy -c, keeping the running one: %s",
+                result.message,
+            )
+            return None
+        lb = plan.lb.without({name: f"its configuration fails: {why}" for name, why in bad.items()})
+        narrowed = Plan(lb, plan.problems, self.renderer.render(lb, plan.limits), plan.limits)
+        return narrowed if self.validate(narrowed.files).ok else None
+
+    def trial(self, lb: model.LoadBalancer) -> Validation:
+        """Render and check ``lb`` (for the bisection)."""
+        try:
+            files = self.renderer.render(lb, self.limits)
+        except Exception as exc:  # an operator's template may raise anything
+            return Validation(False, f"the template fails: {type(exc).__name__}: {exc}")
+        return self.validate(files)
+
+    def validate(self, files: HaproxyFiles) -> Validation:
+        """``haproxy -c`` on ``files`` as they would be installed."""
+        return check(files, self.paths.live)
 
     def taken_ports(self, lb: model.LoadBalancer) -> dict[str, str]:
-        ours = set(frontend_ports(self.applied, self.settings)) if self.applied else set()
+        ours = set(self.applied.ports) if self.applied else set()
         return {
             b.service: f"HAPROXY.FRONTEND.PORT={b.frontend_port} is in use by another program"
             for b in lb.tcp_backends
@@ -112,251 +147,182 @@ class Applier:
             and not port_free(b.frontend_port)
         }
 
-    def isolate(self, lb: model.LoadBalancer) -> model.LoadBalancer | None:
-        """The new configuration failed haproxy -c: try each changed service alone on top
-        of the last good configuration, leave out those that fail, and check again."""
-        good = {b.service: b for b in self.applied.backends} if self.applied else {}
-        changed = [b for b in lb.backends if good.get(b.service) != b]
-        culprits: dict[str, str] = {}
-        for backend in changed:
-            trial = model.LoadBalancer(
-                tuple(
-                    sorted(
-                        [*(b for n, b in good.items() if n != backend.service), backend],
-                        key=lambda b: b.service,
-                    )
-                ),
-                (),
-            )
-            result = check(render_lb(trial, self.settings, self.limits, self.paths))
-            if not result.ok:
-                culprits[backend.service] = (
-                    f"haproxy -c rejects its configuration: {result.message}"
-                )
-        if not culprits:
-            return None
-        narrowed = without(lb, culprits)
-        if not check(render_lb(narrowed, self.settings, self.limits, self.paths)).ok:
-            return None
-        return narrowed
-
-    def apply(self, catalog: Catalog, force: bool = False) -> bool:
-        """Render, check and apply; True when HAProxy now runs the new configuration."""
-        try:
-            return self._apply(catalog, force)
-        finally:
-            self.write_state()
-
-    def write_state(self) -> None:
-        """What the load balancer does now, for operators and tests: state.json in the
-        state directory (counters, published and skipped services)."""
-        tmp = self.paths.state_dir / ".state.json.tmp"
-        tmp.write_text(json.dumps(self.state(), indent=2, sort_keys=True) + "\n")
-        tmp.replace(self.paths.state_dir / "state.json")
-
-    def state(self) -> dict[str, Any]:
-        """Counters, published and skipped services: state.json and the state endpoint."""
-        lb = self.applied
-        return {
-            "strategy": self.haproxy.strategy,
-            "reloads": self.reloads,
-            "failed_reloads": self.failed_reloads,
-            "failed_validations": self.failed_validations,
-            "runtime_api_changes": self.runtime_api_changes,
-            "reload_changes": self.reload_changes,
-            "runtime_api_fallbacks": self.runtime_api_fallbacks,
-            "updated": time.time(),
-            "services": [b.service for b in lb.backends] if lb else [],
-            "skipped": [{"service": s.service, "reason": s.reason} for s in lb.skipped]
-            if lb
-            else [],
-        }
-
-    def fit_limits(self, lb: model.LoadBalancer) -> None:
+    def fit_limits(self, lb: model.LoadBalancer) -> Limits:
         """Connection limits for this many servers; said once each time they change."""
         servers = sum(len(b.servers) for b in lb.backends)
         limits = fit(self.settings.maxconn_global, self.settings.maxconn, servers=servers)
         if limits != self.limits:
             say = log.info if limits.checks else log.warning
-            say("%s (%d servers)", limits.describe(self.settings.maxconn_global), servers)
+            say("%s", limits.describe(self.settings.maxconn_global))
             self.limits = limits
-        if self.api is not None:
-            self.api.checks = limits.checks
+        self.api.checks = limits.checks
+        return limits
 
-    def apply_servers(self, lb: model.LoadBalancer, files: HaproxyFiles, started: float) -> bool:
-        """Apply a server-only change through the runtime API; False when the change
-        needs a reload (structural, or a command failed: the reload then sets it right)."""
-        if not (self.settings.runtime_api and self.applied and self.api and self.haproxy.running()):
+    def report(self, plan: Plan) -> None:
+        lines = [f"skipping service {s.service!r}: {s.reason}" for s in plan.lb.skipped]
+        lines += [f"leaving out {p}" for p in plan.problems]
+        for line in lines:
+            if line not in self.reported:
+                log.warning("%s", line)
+        self.reported = set(lines)
+
+    # -- applying ---------------------------------------------------------------------
+    def apply(self, catalog: Catalog, force: bool = False, waiting: bool = False) -> str:
+        """Render, check and apply; says what happened: "unchanged", "runtime_api",
+        "reload" or "rejected". Raises on an unexpected failure (the loop contains it)."""
+        started = time.monotonic()
+        try:
+            plan = self.plan(catalog, waiting)
+        except Exception as exc:
+            # The template raises for some service: find which, as for haproxy -c.
+            self.counters.failed_validations += 1
+            plan = self._plan_without_render_errors(catalog, waiting, exc)
+        self.report(plan)
+        running = self.haproxy.running()
+        if plan.files == self.current and not force and running:
+            log.debug("catalog changed but the configuration did not; nothing to apply")
+            return "unchanged"
+        if not force and running and self.apply_live(plan, started):
+            return "runtime_api"
+        checked = self.checked(plan)
+        if checked is None:
+            return "rejected"
+        if checked is not plan:
+            self.report(checked)
+        return "reload" if self.reload(checked, started) else "rejected"
+
+    def _plan_without_render_errors(self, catalog: Catalog, waiting: bool, exc: Exception) -> Plan:
+        lb, problems = model.build(
+            catalog, self.settings, self.applied.ports if self.applied else {}, self.cache
+        )
+        bad = isolate.culprits(self.applied, lb, self.trial, f"{type(exc).__name__}: {exc}")
+        if not bad:
+            raise exc
+        lb = lb.without({n: f"the template fails for it: {why}" for n, why in bad.items()})
+        return Plan(lb, problems, self.renderer.render(lb, self.limits, waiting), self.limits)
+
+    def apply_live(self, plan: Plan, started: float) -> bool:
+        """Apply a change through the runtime API when only servers and maps differ;
+        False when it needs a reload (or a command failed: the reload sets it right)."""
+        current = self.current
+        if not (self.settings.runtime_api and current and self.applied):
             return False
-        changes = server_only_changes(self.applied, lb)
+        if plan.files.structure() != current.structure():
+            return False
+        changes = server_only_changes(self.applied, plan.lb)
         if changes is None:
             return False
         try:
-            with self.haproxy.lock:
-                added, drained = self.api.apply(changes)
+            added, drained = self.api.apply(changes)
+            for name in (HOSTS_MAP, HEALTH_MAP):
+                old, new = current.files()[name], plan.files.files()[name]
+                if old != new:
+                    self.api.set_map(str(self.paths.live / name), old, new)
         except (RuntimeApiError, OSError) as exc:
-            self.runtime_api_fallbacks += 1
+            self.counters.runtime_api_fallbacks += 1
             log.warning("runtime API change failed, reloading instead: %s", exc)
             return False
-        # The file follows what runs, so that a later reload starts from the same state.
-        install(files, self.paths)
-        self.current, self.applied = files, lb
-        self.runtime_api_changes += 1
+        # The files follow what runs, so that a later reload starts from the same state.
+        install(plan.files, self.paths)
+        self.current, self.applied = plan.files, plan.lb
+        self.counters.runtime_api_changes += 1
         log.info(
-            "applied: %d service(s), %d server(s), %d skipped "
-            "(runtime API: +%d server(s), %d draining, no reload, %.0f ms)",
-            len(lb.backends),
-            sum(len(b.servers) for b in lb.backends),
-            len(lb.skipped),
+            "applied: %d service(s), %d server(s), %d skipped (runtime API: %d server(s) "
+            "added or moved, %d draining, no reload, %.0f ms)",
+            len(plan.lb.backends),
+            sum(len(b.servers) for b in plan.lb.backends),
+            len(plan.lb.skipped),
             added,
             drained,
             (time.monotonic() - started) * 1000,
         )
         return True
 
-    def sweep(self) -> None:
-        """Finish drains (called periodically)."""
-        if self.api is None or not self.api.draining:
-            return
-        try:
-            with self.haproxy.lock:
-                if self.haproxy.running():
-                    self.api.sweep()
-        except (RuntimeApiError, OSError) as exc:
-            log.warning("finishing server drains: %s", exc)
-
-    def _apply(self, catalog: Catalog, force: bool) -> bool:
-        started = time.monotonic()
-        lb, problems = model.build(catalog, self.settings)
-        lb = without(lb, self.taken_ports(lb))
-        self.fit_limits(lb)
-        files = render_lb(lb, self.settings, self.limits, self.paths)
-        self.renders += 1
-        self.last_render_seconds = time.monotonic() - started
-        if files == self.current and not force and self.haproxy.running():
-            self.report_lb(lb, problems)
-            log.debug("catalog changed but the configuration did not; nothing to apply")
-            return False
-        # A server-only change keeps the structure of the running, checked configuration
-        # and its servers passed the model's checks: no haproxy -c on this path.
-        if not force and self.apply_servers(lb, files, started):
-            self.report_lb(lb, problems)
-            return True
-        result = check(files)
-        if not result.ok:
-            self.failed_validations += 1
-            narrowed = self.isolate(lb)
-            if narrowed is None:
-                self.report_lb(lb, problems)
-                log.error(
-                    "new configuration rejected by haproxy -c, keeping the running one: %s",
-                    result.message,
-                )
-                return False
-            lb = narrowed
-            files = render_lb(lb, self.settings, self.limits, self.paths)
-        self.report_lb(lb, problems)
+    def reload(self, plan: Plan, started: float) -> bool:
         previous = self.current
-        install(files, self.paths)
-        outcome = self.haproxy.reload(frontend_ports(lb, self.settings))
-        if self.api is not None:
-            self.api.forget()
-        took = time.monotonic() - started
-        if outcome.detail != "started":
-            self.reloads += 1
-        if not outcome.ok:
-            self.failed_reloads += 1
-            log.error(
-                "haproxy reload failed, the previous process keeps serving: %s", outcome.detail
-            )
+        self.save_server_state(plan.lb)
+        install(plan.files, self.paths)
+        try:
+            outcome = self.haproxy.reload(frontend_ports(plan.lb, self.settings))
+        except ReloadError as exc:
+            outcome_ok, detail = False, str(exc)
+        else:
+            outcome_ok, detail = outcome.ok, outcome.detail
+            if detail != "started":
+                self.counters.reloads += 1
+        if not outcome_ok:
+            self.counters.failed_reloads += 1
+            log.error("haproxy reload failed, the previous process keeps serving: %s", detail)
             if previous is not None:
                 # So that a restart or the next reload starts from what is running.
                 install(previous, self.paths)
             return False
-        self.current, self.applied = files, lb
-        self.reload_changes += 1
+        # The new process has none of the servers being drained; the old one finishes
+        # their connections on its own.
+        self.api.forget()
+        self.current, self.applied = plan.files, plan.lb
+        self.counters.reload_changes += 1
         log.info(
             "applied: %d service(s), %d server(s), %d skipped (%s, %.0f ms)",
-            len(lb.backends),
-            sum(len(b.servers) for b in lb.backends),
-            len(lb.skipped),
-            outcome.detail or f"{self.haproxy.strategy} reload",
-            took * 1000,
+            len(plan.lb.backends),
+            sum(len(b.servers) for b in plan.lb.backends),
+            len(plan.lb.skipped),
+            detail or f"{self.haproxy.strategy} reload",
+            (time.monotonic() - started) * 1000,
         )
         return True
 
-    def report_lb(self, lb: model.LoadBalancer, problems: list[str]) -> None:
-        self.report(
-            [f"skipping service {s.service!r}: {s.reason}" for s in lb.skipped]
-            + [f"leaving out {p}" for p in problems]
-        )
-
-
-def frontend_ports(lb: model.LoadBalancer, settings: Settings) -> list[int]:
-    ports = [settings.http_port, settings.stats_port]
-    return ports + [b.frontend_port for b in lb.tcp_backends if b.frontend_port is not None]
-
-
-def run(settings: Settings, consul: ConsulConfig) -> int:
-    limits = fit(settings.maxconn_global, settings.maxconn)
-    log.info("%s", limits.describe(settings.maxconn_global))
-    paths = Paths(settings.state_dir)
-    paths.state_dir.mkdir(parents=True, exist_ok=True)
-    haproxy = make(settings.reload_strategy, paths)
-    try:
-        haproxy.prepare()
-    except iptables.IptablesError as exc:
-        log.error("%s", exc)
-        return 2
-    log.info("reload strategy: %s", settings.reload_strategy)
-    applier = Applier(settings, limits, paths, haproxy, current=read_installed(paths))
-    watcher = CatalogWatcher(consul, model.wants)
-    stop = threading.Event()
-    forced = threading.Event()
-
-    def on_term(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    def on_hup(signum: int, frame: FrameType | None) -> None:
-        log.info("SIGHUP: re-rendering and reloading")
-        forced.set()
-        watcher.changed.set()
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
-    signal.signal(signal.SIGHUP, on_hup)
-
-    log.info("watching Consul at %s for services tagged HAPROXY.ENABLE=true", consul.address)
-    observe.serve(applier, watcher, paths)
-    watcher.start()
-    threading.Thread(target=haproxy.watch, args=(stop,), name="haproxy-watch", daemon=True).start()
-
-    def sweep_loop() -> None:
-        while not stop.wait(0.5):
-            applier.sweep()
-
-    threading.Thread(target=sweep_loop, name="drain-sweep", daemon=True).start()
-    for catalog in watcher.changes(settings.render_wait_min, settings.render_wait_max, stop):
-        force = forced.is_set()
-        forced.clear()
+    def save_server_state(self, lb: model.LoadBalancer) -> None:
+        """Write the server-state file the next process loads: what the running one
+        knows, minus what contradicts ``lb`` (see haproxy/server_state.py)."""
         try:
-            applier.apply(catalog, force=force)
-        except (ReloadError, OSError) as exc:
-            log.error("could not apply the new configuration: %s", exc)
-    return drain(haproxy, settings)
+            if self.haproxy.running():
+                state = self.haproxy.admin("show servers state")
+            else:
+                state = self.paths.server_state.read_text()
+        except OSError as exc:
+            log.warning("could not read the server state before reloading: %s", exc)
+            state = ""
+        text = server_state.reconcile(state, lb, self.api.draining.keys())
+        tmp = self.paths.server_state.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(self.paths.server_state)
 
+    def restart(self) -> None:
+        """Start HAProxy again on the installed files (after it died)."""
+        if self.applied is not None:
+            self.save_server_state(self.applied)
+        self.api.forget()
+        self.haproxy.start()
+        self.haproxy.restarts += 1
 
-def drain(haproxy: Haproxy, settings: Settings) -> int:
-    """SIGTERM: fail the health URI first so that upstream balancers and Consul checks
-    take this instance out, wait, then let HAProxy finish open connections and exit."""
-    if not haproxy.running():
-        return 0
-    log.info("SIGTERM: health check now fails; draining for %.1fs", settings.drain_seconds)
-    try:
-        haproxy.admin("set server consul_lb_health/serving state maint")
-    except OSError as exc:
-        log.warning("could not fail the health check before stopping: %s", exc)
-    time.sleep(settings.drain_seconds)
-    code = haproxy.soft_stop(timeout=60)
-    log.info("haproxy stopped (code %s)", code)
-    return 0
+    def sweep(self) -> bool:
+        """Finish drains; True while servers are still draining."""
+        if self.api.draining and self.haproxy.running():
+            self.api.sweep()
+        return bool(self.api.draining)
+
+    def fail_health(self) -> None:
+        """SIGTERM: make the health URI fail (no reload)."""
+        if self.current is None:
+            return
+        health = self.current.health_map
+        self.api.set_map(str(self.paths.live / HEALTH_MAP), health, health + f"{DRAINING} 1\n")
+
+    def state(self) -> dict[str, object]:
+        """Counters, published and skipped services (state.json and the state endpoint)."""
+        lb = self.applied
+        c = self.counters
+        return {
+            "strategy": self.haproxy.strategy,
+            "reloads": c.reloads,
+            "failed_reloads": c.failed_reloads,
+            "failed_validations": c.failed_validations,
+            "runtime_api_changes": c.runtime_api_changes,
+            "reload_changes": c.reload_changes,
+            "runtime_api_fallbacks": c.runtime_api_fallbacks,
+            "services": [b.service for b in lb.backends] if lb else [],
+            "skipped": [{"service": s.service, "reason": s.reason} for s in lb.skipped]
+            if lb
+            else [],
+        }

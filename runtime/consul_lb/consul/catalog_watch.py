@@ -1,0 +1,339 @@
+"""Follow Consul's catalog with a bounded number of connections, whatever its size.
+
+Two blocking queries say *that* something changed and, almost always, *where*:
+
+- ``/v1/internal/ui/services`` (what Consul's own UI lists: per service its tags, instance
+  count, nodes and check counts) wakes on any service or check change; comparing each
+  service's summary with the previous one names the services to read again;
+- ``/v1/health/state/any?filter=Status != "passing"`` wakes on any check change and lists
+  the checks that do not pass; comparing it with the previous list names the services
+  (or, for node checks, the nodes) whose health changed, even when two opposite flips
+  leave a service's check counts as they were.
+
+Then ``/v1/health/service/<name>`` is read for those services only, on a small pool of
+fetch threads sharing the client's bounded connection pool. One changed instance costs
+two or three requests, with 100 services or 5,000. A change that no summary shows (an
+instance that moved to another port under the same ID, new weights) leaves the services
+query's index ahead of the checks query's: after a short grace, every watched service
+is read again (a sweep), as on start and on the periodic resync.
+
+When ``/v1/internal/ui/services`` is not available (it is internal and unversioned),
+``/v1/catalog/services`` is watched instead and every change without a visible tag
+difference is a sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from consul_lb.consul.catalog import Catalog, Instance, Service
+from consul_lb.consul.client import ConsulClient, ConsulHTTPError, Response
+from consul_lb.consul.watch import BlockingQuery, Outage, WatchStatus, WatchTiming, explain
+
+log = logging.getLogger("watch")
+
+UI_SERVICES = "/v1/internal/ui/services"
+CATALOG_SERVICES = "/v1/catalog/services"
+CHECKS = "/v1/health/state/any"
+NOT_PASSING = 'Status != "passing"'
+# Names Consul accepts but that would need escaping in a URL path are never watched:
+# the model skips them anyway (they are not valid host names).
+WATCHABLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}\Z")
+# How long a services change waits for the checks query to explain it before a sweep.
+GRACE = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What the services query says of one service; equal summaries, same service
+    (except for what no summary shows: ports, addresses, weights)."""
+
+    tags: tuple[str, ...]
+    instances: int = -1  # -1: not known (the /v1/catalog/services fallback)
+    nodes: tuple[str, ...] = ()
+    checks: tuple[int, int, int] = (0, 0, 0)  # passing, warning, critical
+
+
+def summaries(data: Any, ui: bool) -> dict[str, Summary]:
+    """Summaries from ``/v1/internal/ui/services`` (a list) or ``/v1/catalog/services``
+    (name -> tags)."""
+    if not ui:
+        return {
+            str(n): Summary(tuple(sorted({str(t) for t in tags or ()}))) for n, tags in data.items()
+        }
+    found: dict[str, Summary] = {}
+    for entry in data or ():
+        found[str(entry.get("Name", ""))] = Summary(
+            tuple(sorted({str(t) for t in entry.get("Tags") or ()})),
+            int(entry.get("InstanceCount") or 0),
+            tuple(sorted(str(n) for n in entry.get("Nodes") or ())),
+            (
+                int(entry.get("ChecksPassing") or 0),
+                int(entry.get("ChecksWarning") or 0),
+                int(entry.get("ChecksCritical") or 0),
+            ),
+        )
+    return found
+
+
+def failing_checks(data: Any) -> dict[tuple[str, str], tuple[str, str]]:
+    """(node, check ID) -> (service name, status) for each check that does not pass; a
+    node check has no service name."""
+    return {
+        (str(c.get("Node", "")), str(c.get("CheckID", ""))): (
+            str(c.get("ServiceName") or ""),
+            str(c.get("Status", "")),
+        )
+        for c in data or ()
+    }
+
+
+class CatalogWatcher:
+    """Keeps the instances of the services ``wanted(name, tags)`` selects; calls
+    ``notify()`` (from its threads) whenever they changed."""
+
+    def __init__(
+        self,
+        client: ConsulClient,
+        wanted: Callable[[str, tuple[str, ...]], bool],
+        notify: Callable[[], None],
+        timing: WatchTiming | None = None,
+        fetchers: int = 8,
+    ) -> None:
+        self.client = client
+        self.wanted = wanted
+        self.notify = notify
+        self.timing = timing or WatchTiming()
+        self.outage = Outage(client.config.address, client.max_conns)
+        self.lock = threading.Lock()
+        self.summaries: dict[str, Summary] | None = None  # None until the first read
+        self.services: dict[str, Service] = {}
+        self.failing: dict[tuple[str, str], tuple[str, str]] = {}
+        self.checks_index = 0
+        self.pending: set[str] = set()  # to fetch, not started yet
+        self.failed: set[str] = set()  # last fetch failed: retried
+        self.attempted: set[str] = set()  # fetched (or failed) at least once
+        self.ui = True
+        self.sweeps = 0
+        self.fetches = 0
+        self.fetch_status = WatchStatus("service fetches")
+        self.stopped = threading.Event()
+        self.pool = ThreadPoolExecutor(max_workers=max(1, fetchers), thread_name_prefix="fetch")
+        self.services_query = BlockingQuery(
+            "services", self._get_services, self._on_services, self.timing, self.outage
+        )
+        self.checks_query = BlockingQuery(
+            "checks", self._get_checks, self._on_checks, self.timing, self.outage
+        )
+
+    # -- lifecycle ------------------------------------------------------------------
+    def start(self) -> None:
+        self.services_query.start()
+        self.checks_query.start()
+        threading.Thread(target=self._retry_failed, name="fetch-retry", daemon=True).start()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.services_query.stop()
+        self.checks_query.stop()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def statuses(self) -> list[WatchStatus]:
+        return [self.services_query.status, self.checks_query.status, self.fetch_status]
+
+    # -- what the loop reads --------------------------------------------------------
+    def ready(self) -> bool:
+        """True once the services list was read and every watched service was read (or
+        failed) once: the first render is of the whole catalog, yet a service that
+        cannot be read does not hold back the others."""
+        with self.lock:
+            return self.summaries is not None and self.attempted >= self.summaries.keys()
+
+    def missing(self) -> list[str]:
+        """Watched services whose last read failed (kept as last read, if ever)."""
+        with self.lock:
+            return sorted(self.failed)
+
+    def snapshot(self) -> Catalog:
+        with self.lock:
+            return Catalog(tuple(self.services[n] for n in sorted(self.services)))
+
+    def resync(self) -> None:
+        """Read every watched service again (the periodic resync heals anything missed)."""
+        with self.lock:
+            names = set(self.summaries or ())
+            self.sweeps += 1
+        self._schedule(names)
+
+    # -- services -------------------------------------------------------------------
+    def _get_services(self, index: int | None) -> Response:
+        if self.ui:
+            try:
+                return self.client.get(UI_SERVICES, index=index, wait=self.timing.wait)
+            except ConsulHTTPError as exc:
+                if exc.status != 404:
+                    raise
+                log.warning(
+                    "%s is not available on this Consul (%s); watching %s instead: changes "
+                    "that no tag shows cost a read of every watched service",
+                    UI_SERVICES,
+                    exc,
+                    CATALOG_SERVICES,
+                )
+                self.ui = False
+                index = None
+        return self.client.get(CATALOG_SERVICES, index=index, wait=self.timing.wait)
+
+    def _on_services(self, response: Response) -> None:
+        found = summaries(response.data, self.ui)
+        wanted = {
+            n: s for n, s in found.items() if WATCHABLE_NAME.match(n) and self.wanted(n, s.tags)
+        }
+        with self.lock:
+            old, self.summaries = self.summaries, wanted
+            gone = set(old or ()) - set(wanted)
+            for name in gone:
+                self.services.pop(name, None)
+                self.failed.discard(name)
+                self.attempted.discard(name)
+            for name, summary in wanted.items():
+                known = self.services.get(name)
+                if known is not None and known.tags != summary.tags:
+                    self.services[name] = Service(name, summary.tags, known.instances)
+            changed = {n for n, s in wanted.items() if old is None or old.get(n) != s}
+        if gone:
+            self.notify()
+        if changed:
+            self._schedule(changed)
+        elif old is not None:
+            self._unexplained(response.index)
+
+    def _unexplained(self, index: int) -> None:
+        """The services query moved without a visible difference: a check change (the
+        checks query explains it) or a change no summary shows (sweep)."""
+        if not self.ui:
+            self.resync()
+            return
+
+        def verify() -> None:
+            deadline = time.monotonic() + GRACE
+            while time.monotonic() < deadline and not self.stopped.is_set():
+                if self.checks_index >= index:
+                    return
+                time.sleep(0.02)
+            log.debug("services index %d: no summary or check explains it; sweeping", index)
+            self.resync()
+
+        self.pool.submit(verify)
+
+    # -- checks ---------------------------------------------------------------------
+    def _get_checks(self, index: int | None) -> Response:
+        return self.client.get(CHECKS, {"filter": NOT_PASSING}, index=index, wait=self.timing.wait)
+
+    def _on_checks(self, response: Response) -> None:
+        found = failing_checks(response.data)
+        with self.lock:
+            old, self.failing = self.failing, found
+            self.checks_index = response.index
+            keys = {k for k in found.keys() | old.keys() if found.get(k) != old.get(k)}
+            affected: set[str] = set()
+            for node, check_id in keys:
+                service, _ = found.get((node, check_id)) or old[(node, check_id)]
+                if service:
+                    affected.add(service)
+                else:  # a node check: every service with an instance on that node
+                    affected |= {
+                        s.name
+                        for s in self.services.values()
+                        if any(i.node == node for i in s.instances)
+                    }
+            affected &= set(self.summaries or ())
+        self._schedule(affected)
+
+    # -- fetching one service -------------------------------------------------------
+    def _schedule(self, names: Iterable[str]) -> None:
+        for name in sorted(names):
+            with self.lock:
+                if name in self.pending:
+                    continue
+                self.pending.add(name)
+            try:
+                self.pool.submit(self._fetch, name)
+            except RuntimeError:  # shut down
+                return
+
+    def _fetch(self, name: str) -> None:
+        with self.lock:
+            # A change that arrives while this read runs schedules another read.
+            self.pending.discard(name)
+            summary = (self.summaries or {}).get(name)
+        if summary is None:
+            return
+        path = f"/v1/health/service/{quote(name, safe='')}"
+        try:
+            instances = self._read(path)
+            if 0 <= summary.instances != len(instances):
+                # The answering server may lag behind the one that announced the
+                # change: ask the leader.
+                instances = self._read(path, stale=False)
+        except Exception as exc:  # retried by _retry_failed; never kills the pool thread
+            self.fetch_status.failed(f"{name}: {explain(exc, self.client.max_conns)}")
+            self.outage.failed(exc)
+            with self.lock:
+                self.failed.add(name)
+                self.attempted.add(name)
+            self.notify()  # readiness may have changed
+            return
+        self.fetch_status.succeeded()
+        with self.lock:
+            self.fetches += 1
+            self.failed.discard(name)
+            first = name not in self.attempted
+            self.attempted.add(name)
+            current = (self.summaries or {}).get(name)
+            if current is None:
+                return
+            known = self.services.get(name)
+            service = Service(name, current.tags, instances)
+            if known == service and not first:
+                return
+            self.services[name] = service
+        self.notify()
+
+    def _read(self, path: str, stale: bool = True) -> tuple[Instance, ...]:
+        data = self.client.get(path, stale=stale).data or ()
+        return tuple(sorted(Instance.from_health_entry(e) for e in data))
+
+    def _retry_failed(self) -> None:
+        failures = 0
+        while not self.stopped.wait(self.timing.backoff(max(1, failures))):
+            with self.lock:
+                retry = set(self.failed)
+            failures = failures + 1 if retry else 0
+            if retry:
+                self._schedule(retry)
+
+    # -- one read, for the dry run and template --once ------------------------------
+    def read_once(self, timeout: float = 60.0) -> Catalog:
+        """The catalog as it is now, read with the same code as the watch; raises the
+        first error (ConsulError) rather than retrying."""
+        self._on_services(self._get_services(None))
+        deadline = time.monotonic() + timeout
+        while not self.ready() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with self.lock:
+            failed = sorted(self.failed)
+        if failed or not self.ready():
+            raise TimeoutError(
+                f"could not read {len(failed) or 'every'} service(s) from Consul: "
+                f"{self.fetch_status.public()['last_error']}"
+            )
+        return self.snapshot()

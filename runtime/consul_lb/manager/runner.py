@@ -1,0 +1,321 @@
+"""HAProxy mode: the event loop that owns the load balancer.
+
+Events (see loop.py): the watcher's changes, debounced (consul-template's ``wait``);
+SIGHUP (re-render and reload); SIGTERM/SIGINT (fail the health URI, wait, soft-stop);
+HAProxy's main process exiting (restart with backoff); timers for drains, retries and
+the periodic resync. Only this loop touches the applier, the runtime-API bookkeeping,
+the server-state file and the supervisor. An exception while handling one event is
+logged (once per distinct error) and counted, and the change is tried again later;
+the running configuration keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from types import FrameType
+from typing import Any, cast
+
+from consul_lb.consul.catalog import Catalog
+from consul_lb.consul.catalog_watch import CatalogWatcher
+from consul_lb.consul.client import ConsulClient
+from consul_lb.consul.config import ConsulConfig
+from consul_lb.haproxy.files import Paths, install, read_installed
+from consul_lb.haproxy.iptables import IptablesError
+from consul_lb.haproxy.process import Haproxy, ReloadError, make
+from consul_lb.manager.applier import Applier
+from consul_lb.manager.loop import CHANGED, HAPROXY_EXITED, RELOAD, STOP, Event, EventLoop
+from consul_lb.model import wants
+from consul_lb.observe.endpoints import Observer, Sources, start_server
+from consul_lb.observe.metrics import Figures, WatchFigures
+from consul_lb.render import Renderer
+from consul_lb.settings import Settings
+
+log = logging.getLogger("manager")
+
+DRAIN_TICK = 0.5  # seconds between two looks at draining servers
+RETRY_MAX = 60.0  # longest pause before a failed change is tried again
+
+
+class StartError(RuntimeError):
+    """The load balancer cannot start with this configuration (exit code 2)."""
+
+
+def backoff(failures: int, low: float = 0.5, high: float = RETRY_MAX) -> float:
+    return min(high, low * 2.0 ** max(0, failures - 1))
+
+
+class Runner:
+    def __init__(
+        self, settings: Settings, consul: ConsulConfig, haproxy: Haproxy | None = None
+    ) -> None:
+        self.settings = settings
+        self.loop = EventLoop()
+        self.paths = Paths(settings.state_dir)
+        self.haproxy = haproxy or make(settings.reload_strategy, self.paths)
+        self.haproxy.on_exit = lambda pid, code: self.loop.post(Event(HAPROXY_EXITED, (pid, code)))
+        self.renderer = Renderer(settings, self.paths.template_paths(), settings.templates)
+        self.applier = Applier(settings, self.paths, self.haproxy, self.renderer)
+        self.client = ConsulClient(consul, settings.common.max_conns, settings.common.max_stale)
+        self.watcher = CatalogWatcher(self.client, wants, lambda: self.loop.post(Event(CHANGED)))
+        self.watcher.outage.context = self.outage_context
+        self.errors: dict[str, int] = {}
+        self.last_error = ""
+        self.waiting = True  # until the first complete read of Consul
+        self.force = False
+        self.burst: float | None = None  # when the current burst of changes began
+        self.failures = {"apply": 0, "restart": 0}
+        self.stopping = False
+
+    # -- start ------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start HAProxy before Consul answers: the health URI says it waits. Raises
+        StartError for what no later change can fix."""
+        self.paths.state_dir.mkdir(parents=True, exist_ok=True)
+        self.haproxy.prepare()
+        try:
+            plan = self.applier.plan(Catalog(), waiting=True)
+        except Exception as exc:
+            raise StartError(f"CONSUL_LB_TEMPLATES: the template fails: {exc}") from exc
+        result = self.applier.validate(plan.files)
+        if not result.ok:
+            raise StartError(
+                f"haproxy -c rejects the configuration for no service: {result.message}"
+            )
+        files = plan.files
+        installed = read_installed(self.paths)
+        if installed is not None and self.applier.validate(installed).ok:
+            # A restart: serve what ran before until Consul has been read again.
+            files = type(installed)(installed.config, installed.hosts_map, plan.files.health_map)
+        install(files, self.paths)
+        try:
+            self.haproxy.start()
+        except (ReloadError, OSError) as exc:
+            raise StartError(f"haproxy does not start: {exc} (see its messages above)") from exc
+        self.applier.current = files
+
+    def outage_context(self) -> str:
+        if self.applier.applied is None:
+            return (
+                "nothing is published yet: the health URI answers 503 until Consul has "
+                "been read; retrying with backoff"
+            )
+        return "HAProxy keeps serving the last good configuration; retrying with backoff"
+
+    # -- the loop ---------------------------------------------------------------------
+    def install_signals(self) -> None:
+        def on_stop(signum: int, frame: FrameType | None) -> None:
+            self.loop.post(Event(STOP))
+
+        def on_hup(signum: int, frame: FrameType | None) -> None:
+            self.loop.post(Event(RELOAD))
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, on_hup)
+
+    def run_loop(self) -> None:
+        self.watcher.start()
+        if self.settings.resync_interval > 0:
+            self.loop.after("resync", self.settings.resync_interval)
+        while not self.stopping:
+            event = self.loop.next()
+            if event is None:
+                continue
+            try:
+                self.handle(event)
+            except Exception as exc:  # contained: the running configuration keeps serving
+                self.failed("event", exc)
+            if event.kind != CHANGED:
+                self.write_state()
+
+    def handle(self, event: Event) -> None:
+        kind = event.kind
+        if kind == CHANGED:
+            now = self.loop.clock()
+            if self.burst is None:
+                self.burst = now
+            s = self.settings
+            self.loop.after(
+                "render", min(now + s.render_wait_min, self.burst + s.render_wait_max) - now
+            )
+        elif kind in ("render", "retry"):
+            self.render()
+        elif kind == RELOAD:
+            log.info("SIGHUP: re-rendering and reloading")
+            self.force = True
+            self.loop.after("render", 0)
+        elif kind == STOP:
+            self.stopping = True
+        elif kind == HAPROXY_EXITED:
+            pid, code = cast(tuple[int, int], event.detail)
+            if pid == self.haproxy.pid and not self.stopping:
+                delay = backoff(self.failures["restart"] + 1)
+                log.error("haproxy exited unexpectedly (code %s); restarting in %.1fs", code, delay)
+                self.loop.after("restart", delay)
+        elif kind == "restart":
+            self.restart()
+        elif kind == "drain":
+            if self.applier.sweep():
+                self.loop.after("drain", DRAIN_TICK)
+        elif kind == "resync":
+            self.watcher.resync()
+            self.loop.after("resync", self.settings.resync_interval)
+
+    def render(self) -> None:
+        if not self.watcher.ready():
+            self.loop.after("render", 0.05)
+            return
+        self.burst = None
+        force, self.force = self.force, False
+        try:
+            outcome = self.applier.apply(self.watcher.snapshot(), force=force)
+        except Exception as exc:
+            self.force = self.force or force
+            self.failures["apply"] += 1
+            delay = backoff(self.failures["apply"])
+            self.failed("apply", exc, f"trying again in {delay:.1f}s")
+            self.loop.after("retry", delay)
+            return
+        self.failures["apply"] = 0
+        if self.waiting and outcome in ("runtime_api", "reload", "unchanged"):
+            self.waiting = False
+            missing = self.watcher.missing()
+            if missing:
+                log.warning(
+                    "first read of Consul incomplete: %d service(s) could not be read "
+                    "(%s); published the rest, they follow when readable",
+                    len(missing),
+                    ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""),
+                )
+        if self.applier.api.draining and not self.loop.pending("drain"):
+            self.loop.after("drain", DRAIN_TICK)
+
+    def restart(self) -> None:
+        try:
+            self.applier.restart()
+        except (ReloadError, OSError) as exc:
+            self.failures["restart"] += 1
+            delay = backoff(self.failures["restart"] + 1)
+            self.failed("restart", exc, f"trying again in {delay:.1f}s")
+            self.loop.after("restart", delay)
+            return
+        self.failures["restart"] = 0
+
+    def failed(self, stage: str, exc: BaseException, then: str = "") -> None:
+        """Count a contained failure; log it when it differs from the last one."""
+        self.errors[stage] = self.errors.get(stage, 0) + 1
+        line = f"{stage} failed: {type(exc).__name__}: {exc}"
+        if line != self.last_error:
+            log.error("%s%s", line, f"; {then}" if then else "", exc_info=exc)
+            self.last_error = line
+
+    # -- stop -------------------------------------------------------------------------
+    def drain(self) -> int:
+        """SIGTERM: fail the health URI first so that upstream balancers and Consul checks
+        take this instance out, wait, then let HAProxy finish open connections and exit."""
+        self.watcher.stop()
+        if not self.haproxy.running():
+            return 0
+        log.info("SIGTERM: health check now fails; draining for %.1fs", self.settings.drain_seconds)
+        try:
+            self.applier.fail_health()
+        except Exception as exc:  # still stop, and say why the health URI did not fail
+            log.warning("could not fail the health check before stopping: %s", exc)
+        time.sleep(self.settings.drain_seconds)
+        code = self.haproxy.soft_stop(timeout=60)
+        log.info("haproxy stopped (code %s)", code)
+        return 0
+
+    # -- what operators see -----------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        state: dict[str, Any] = dict(self.applier.state())
+        state["waiting"] = (
+            f"first complete read of Consul at {self.client.config.address}"
+            if self.waiting
+            else None
+        )
+        state["errors"] = dict(self.errors)
+        state["last_error"] = self.last_error or None
+        state["watches"] = [s.public() for s in self.watcher.statuses()]
+        state["unreadable_services"] = self.watcher.missing()
+        return state
+
+    def figures(self) -> Figures:
+        a, lb = self.applier, self.applier.applied
+        c = a.counters
+        backends = lb.backends if lb else ()
+        return Figures(
+            strategy=self.haproxy.strategy,
+            reloads=c.reloads,
+            failed_reloads=c.failed_reloads,
+            failed_validations=c.failed_validations,
+            renders=c.renders,
+            last_render_seconds=c.last_render_seconds,
+            runtime_api_changes=c.runtime_api_changes,
+            reload_changes=c.reload_changes,
+            runtime_api_fallbacks=c.runtime_api_fallbacks,
+            haproxy_restarts=self.haproxy.restarts,
+            consul_requests=self.client.stats.requests,
+            consul_errors=self.client.stats.errors,
+            consul_connections=self.client.connections_opened,
+            consul_up=self.watcher.outage.since is None,
+            consul_last_success=max((w.last_success for w in self.watcher.statuses()), default=0),
+            services_published=len(backends),
+            servers_published=sum(len(b.servers) for b in backends),
+            services_skipped=len(lb.skipped) if lb else 0,
+            waiting=self.waiting,
+            errors=dict(self.errors),
+            watches=[
+                WatchFigures(w.name, w.last_success, w.errors) for w in self.watcher.statuses()
+            ],
+        )
+
+    def serve_endpoints(self) -> None:
+        """The metrics and state endpoints; a port another program holds is a start
+        error (HAProxy would forward the stats port's paths to that program)."""
+        token = self.client.config.token
+        observer = Observer(
+            Sources(
+                figures=self.figures,
+                state=self.state,
+                config_file=self.paths.config,
+                secrets=lambda: [token] if token else [],
+                haproxy_metrics=("127.0.0.1", self.settings.stats_port),
+            )
+        )
+        port = self.settings.runtime_port
+        try:
+            start_server(observer, port)
+        except OSError as exc:
+            raise StartError(
+                f"HAPROXY_RUNTIME_PORT: cannot listen on 127.0.0.1:{port} ({exc.strerror}): "
+                "another program holds it; set HAPROXY_RUNTIME_PORT to a free port"
+            ) from exc
+        log.info("metrics and state endpoints on 127.0.0.1:%d, behind the stats port", port)
+
+    def write_state(self) -> None:
+        """state.json in the state directory: what the load balancer does now."""
+        tmp = self.paths.state_dir / ".state.json.tmp"
+        body = dict(self.state(), updated=time.time())
+        tmp.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
+        tmp.replace(self.paths.state_dir / "state.json")
+
+
+def run(settings: Settings, consul: ConsulConfig) -> int:
+    """The load balancer until SIGTERM; the process's exit code."""
+    runner = Runner(settings, consul)
+    runner.install_signals()
+    try:
+        runner.serve_endpoints()
+        log.info("reload strategy: %s", settings.reload_strategy)
+        runner.start()
+    except (StartError, IptablesError) as exc:
+        log.error("%s", exc)
+        return 2
+    log.info("watching Consul at %s for services tagged HAPROXY.ENABLE=true", consul.address)
+    runner.write_state()
+    runner.run_loop()
+    return runner.drain()

@@ -1,0 +1,1 @@
+"""What operators look at: Prometheus metrics, the runtime's state, the running config."""
