@@ -2,7 +2,7 @@
 
 For 100, 1,000 and 5,000 services of 5 instances each:
 
-- render: ``model.build`` + ``render_haproxy`` of an in-memory catalog (best of a few
+- render: ``model.build`` + ``Renderer.render`` of an in-memory catalog (best of a few
   runs), and ``haproxy -c`` of the result with the image's own HAProxy;
 - RSS: the runtime itself (``consul-lb haproxy`` in the HAProxy image) against a real
   Consul filled with the services, read from ``/proc`` once it has applied them;
@@ -33,10 +33,11 @@ import requests
 from consul_lb import model
 from consul_lb.consul.catalog import Catalog, Instance, Service
 from consul_lb.consul.config import ConsulConfig
-from consul_lb.consul.watch import CatalogWatcher
+from consul_lb.consul.catalog_watch import CatalogWatcher
+from consul_lb.consul.client import ConsulClient
 from consul_lb.haproxy.files import Paths
 from consul_lb.haproxy.limits import fit
-from consul_lb.render import environment, render_haproxy
+from consul_lb.render import Renderer
 from consul_lb.settings import from_env
 
 from devtools import images
@@ -75,7 +76,9 @@ def synthetic_catalog(services: int) -> Catalog:
                 service_name(i),
                 (ENABLE,),
                 tuple(
-                    Instance(f"node-{j}", f"{service_name(i)}-{j}", f"10.1.{j}.{i % 250 + 1}", 8000)
+                    Instance(
+                        f"node-{j}", f"{service_name(i)}-{j}", f"10.1.{j}.{i % 250 + 1}", 8000, (ENABLE,)
+                    )
                     for j in range(INSTANCES)
                 ),
             )
@@ -100,13 +103,13 @@ def bench_render(checker: HaproxyChecker, row: Row) -> None:
     settings = from_env({"HAPROXY_DOM": DOMAIN})
     limits = fit(settings.maxconn_global, settings.maxconn, nofile=checker.nofile)
     paths = Paths(Path("/var/lib/consul-lb")).template_paths()
-    env = environment([images.ROOT / "templates"])
     catalog = synthetic_catalog(row.services)
     best = float("inf")
     for _ in range(3 if row.services <= 1000 else 2):
         started = time.perf_counter()
         lb, _ = model.build(catalog, settings)
-        files = render_haproxy(lb, settings, limits, paths, env=env)
+        # A fresh renderer each time: the render of a whole new catalog, not of a change.
+        files = Renderer(settings, paths, [images.ROOT / "templates"]).render(lb, limits)
         best = min(best, time.perf_counter() - started)
     result = checker.check(files.files(), timeout=300)
     if not result.ok:
@@ -242,7 +245,8 @@ class Bench:
         """Consul requests the watcher makes for one changed service, and how long the
         change took to show in its snapshot."""
         host, _, port = self.consul_url.removeprefix("http://").partition(":")
-        watcher = CatalogWatcher(ConsulConfig(host=host, port=int(port)), model.wants)
+        client = ConsulClient(ConsulConfig(host=host, port=int(port)))
+        watcher = CatalogWatcher(client, model.wants, lambda: None)
         watcher.start()
         try:
             deadline = time.monotonic() + 120
@@ -258,8 +262,7 @@ class Bench:
                 "read every service",
             )
             time.sleep(1)  # every watch is now parked in its blocking query
-            with watcher.stats.lock:
-                watcher.stats.requests = 0
+            before = client.stats.requests
             changed = service_name(CHANGE_AT // 2)
             started = time.monotonic()
             self.txn([self.instance_op(CHANGE_AT // 2, 0, suffix="-extra")])
@@ -271,7 +274,7 @@ class Bench:
             until(seen, "see the change")
             took = time.monotonic() - started
             time.sleep(1)  # count late wake-ups caused by the same change too
-            return watcher.stats.requests, took
+            return client.stats.requests - before, took
         finally:
             watcher.stop()
 

@@ -17,7 +17,8 @@ from consul_lb import model
 from consul_lb.haproxy.files import Paths, install
 from consul_lb.haproxy.limits import fit
 from consul_lb.haproxy.process import make
-from consul_lb.manager.applier import frontend_ports, render_lb
+from consul_lb.manager.applier import frontend_ports
+from consul_lb.render import Renderer
 from consul_lb.settings import from_env
 
 
@@ -53,10 +54,10 @@ def main() -> None:
         for i, (host, port) in enumerate(s.rsplit(":", 1) for s in args.servers.split(","))
     )
     lb = model.LoadBalancer(
-        (model.Backend("www", "www.bench.local", "http", "roundrobin", None, None, servers),), ()
+        (model.Backend("www", "www.bench.local", "http", "roundrobin", None, servers),), ()
     )
     paths = Paths(settings.state_dir)
-    install(render_lb(lb, settings, fit(10000, 10000), paths), paths)
+    install(Renderer(settings, paths.template_paths()).render(lb, fit(10000, 10000)), paths)
     haproxy = make(args.strategy, paths)
     haproxy.prepare()
     haproxy.start()
@@ -69,12 +70,10 @@ def main() -> None:
             result = haproxy.reload(frontend_ports(lb, settings))
             reloads += 1
             failed += 0 if result.ok else 1
-            haproxy.reap()
             worst_extra = max(worst_extra, count_processes()[0])
         next_at = started + (reloads or 1) * args.interval
         time.sleep(max(0.0, next_at - time.monotonic()) if args.reloads else 0.5)
     time.sleep(args.settle)
-    haproxy.reap()
     haproxies, zombies = count_processes()
     current = 2 if args.strategy == "seamless" else 1
     # HAProxy logs to the same stdout: mark the result line.

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from consul_lb.consul.client import ConsulClient
 from consul_lb.consul.config import ConsulConfig, ConsulConfigError
 
 TOKEN = "0f3c9d2e-5b1a-4c7e-9d8f-secret-token"
@@ -43,7 +46,8 @@ def test_http_addr_forms(addr: str, expected: tuple[str, str, int]) -> None:
 def test_ipv6_address_is_usable_in_a_url() -> None:
     cfg = ConsulConfig.from_env({"CONSUL_HTTP_ADDR": "[::1]:8500"})
     assert cfg.address == "http://[::1]:8500"
-    assert cfg.client().http.base_uri == "http://[::1]:8500"
+    client = ConsulClient(cfg)
+    assert (client.pool.host, client.pool.port) == ("::1", 8500)
 
 
 @pytest.mark.parametrize(
@@ -63,7 +67,7 @@ def test_ipv6_address_is_usable_in_a_url() -> None:
     ],
 )
 def test_bad_http_addr(addr: str) -> None:
-    with pytest.raises(ConsulConfigError, match=r"^CONSUL_HTTP_ADDR: "):
+    with pytest.raises(ConsulConfigError, match=r"(?m)^  CONSUL_HTTP_ADDR: "):
         ConsulConfig.from_env({"CONSUL_HTTP_ADDR": addr})
 
 
@@ -83,7 +87,7 @@ def test_empty_http_addr_falls_back_to_the_alias() -> None:
 
 
 def test_bad_alias_is_named_in_the_error() -> None:
-    with pytest.raises(ConsulConfigError, match=r"^CONSUL_SERVER: .*'old:port'"):
+    with pytest.raises(ConsulConfigError, match=r"(?m)^  CONSUL_SERVER: .*'old:port'"):
         ConsulConfig.from_env({"CONSUL_SERVER": "old:port"})
 
 
@@ -102,7 +106,7 @@ def test_http_ssl_off(value: str) -> None:
 @pytest.mark.parametrize("value", ["ture", "https", "2", "enabled"])
 def test_http_ssl_invalid(value: str) -> None:
     # A typo must not silently mean plain http.
-    with pytest.raises(ConsulConfigError, match=r"^CONSUL_HTTP_SSL: "):
+    with pytest.raises(ConsulConfigError, match=r"(?m)^  CONSUL_HTTP_SSL: "):
         ConsulConfig.from_env({"CONSUL_HTTP_SSL": value})
 
 
@@ -140,7 +144,9 @@ def test_token_wins_over_token_file(tmp_path: Path) -> None:
 
 def test_missing_token_file(tmp_path: Path) -> None:
     path = tmp_path / "nope"
-    with pytest.raises(ConsulConfigError, match=r"^CONSUL_HTTP_TOKEN_FILE: cannot read .*nope"):
+    with pytest.raises(
+        ConsulConfigError, match=r"(?m)^  CONSUL_HTTP_TOKEN_FILE: cannot read .*nope"
+    ):
         ConsulConfig.from_env({"CONSUL_HTTP_TOKEN_FILE": str(path)})
 
 
@@ -155,7 +161,7 @@ def test_unreadable_token_file(tmp_path: Path) -> None:
 
 
 def test_token_file_that_is_a_directory(tmp_path: Path) -> None:
-    with pytest.raises(ConsulConfigError, match=r"^CONSUL_HTTP_TOKEN_FILE: cannot read"):
+    with pytest.raises(ConsulConfigError, match=r"(?m)^  CONSUL_HTTP_TOKEN_FILE: cannot read"):
         ConsulConfig.from_env({"CONSUL_HTTP_TOKEN_FILE": str(tmp_path)})
 
 
@@ -169,25 +175,67 @@ def test_token_never_in_repr_or_address(tmp_path: Path) -> None:
             assert TOKEN not in shown
 
 
-def test_cacert() -> None:
-    cfg = ConsulConfig.from_env({"CONSUL_CACERT": "/etc/consul/ca.pem"})
-    assert cfg.verify == "/etc/consul/ca.pem"
+@pytest.fixture
+def pem(tmp_path: Path) -> Callable[[str], str]:
+    """A readable file for the certificate variables (their content is read by TLS)."""
+
+    def make(name: str) -> str:
+        path = tmp_path / name
+        path.write_text("-----BEGIN CERTIFICATE-----\n")
+        return str(path)
+
+    return make
 
 
-def test_ssl_verify_off_wins_over_cacert() -> None:
-    env = {"CONSUL_CACERT": "/etc/consul/ca.pem", "CONSUL_HTTP_SSL_VERIFY": "false"}
+def test_cacert(pem: Callable[[str], str]) -> None:
+    ca = pem("ca.pem")
+    cfg = ConsulConfig.from_env({"CONSUL_CACERT": ca})
+    assert cfg.verify == ca
+
+
+@pytest.mark.parametrize("variable", ["CONSUL_CACERT", "CONSUL_CLIENT_CERT", "CONSUL_CLIENT_KEY"])
+def test_a_certificate_file_that_cannot_be_read_is_an_error_at_start(
+    variable: str, tmp_path: Path, pem: Callable[[str], str]
+) -> None:
+    env = {"CONSUL_HTTP_SSL": "true", "CONSUL_CLIENT_CERT": pem("c"), "CONSUL_CLIENT_KEY": pem("k")}
+    env[variable] = str(tmp_path / "missing.pem")
+    with pytest.raises(ConsulConfigError, match=rf"(?m)^  {variable}: cannot read .*missing.pem"):
+        ConsulConfig.from_env(env)
+
+
+def test_every_bad_variable_is_named_at_once(tmp_path: Path) -> None:
+    env = {
+        "CONSUL_HTTP_ADDR": "consul:http",
+        "CONSUL_HTTP_SSL": "ture",
+        "CONSUL_CACERT": str(tmp_path / "nope.pem"),
+    }
+    with pytest.raises(ConsulConfigError) as caught:
+        ConsulConfig.from_env(env)
+    named = [p.split(":")[0] for p in caught.value.problems]
+    assert sorted(named) == ["CONSUL_CACERT", "CONSUL_HTTP_ADDR", "CONSUL_HTTP_SSL"]
+
+
+def test_empty_token_with_a_token_file_uses_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text(TOKEN)
+    env = {"CONSUL_HTTP_TOKEN": "", "CONSUL_HTTP_TOKEN_FILE": str(path)}
+    assert ConsulConfig.from_env(env).token == TOKEN
+
+
+def test_ssl_verify_off_wins_over_cacert(pem: Callable[[str], str]) -> None:
+    env = {"CONSUL_CACERT": pem("ca.pem"), "CONSUL_HTTP_SSL_VERIFY": "false"}
     assert ConsulConfig.from_env(env).verify is False
     assert ConsulConfig.from_env({"CONSUL_HTTP_SSL_VERIFY": "true"}).verify is True
 
 
 def test_ssl_verify_invalid() -> None:
-    with pytest.raises(ConsulConfigError, match=r"^CONSUL_HTTP_SSL_VERIFY: "):
+    with pytest.raises(ConsulConfigError, match=r"(?m)^  CONSUL_HTTP_SSL_VERIFY: "):
         ConsulConfig.from_env({"CONSUL_HTTP_SSL_VERIFY": "nope"})
 
 
-def test_client_cert_and_key() -> None:
-    env = {"CONSUL_CLIENT_CERT": "/c/cert.pem", "CONSUL_CLIENT_KEY": "/c/key.pem"}
-    assert ConsulConfig.from_env(env).cert == ("/c/cert.pem", "/c/key.pem")
+def test_client_cert_and_key(pem: Callable[[str], str]) -> None:
+    env = {"CONSUL_CLIENT_CERT": pem("cert.pem"), "CONSUL_CLIENT_KEY": pem("key.pem")}
+    assert ConsulConfig.from_env(env).cert == (env["CONSUL_CLIENT_CERT"], env["CONSUL_CLIENT_KEY"])
 
 
 @pytest.mark.parametrize("present", ["CONSUL_CLIENT_CERT", "CONSUL_CLIENT_KEY"])
@@ -196,16 +244,18 @@ def test_client_cert_and_key_go_together(present: str) -> None:
         ConsulConfig.from_env({present: "/c/file.pem"})
 
 
-def test_client_carries_the_settings() -> None:
+def test_client_carries_the_settings(pem: Callable[[str], str]) -> None:
     env = {
         "CONSUL_HTTP_ADDR": "https://consul:8501",
         "CONSUL_HTTP_TOKEN": TOKEN,
-        "CONSUL_CACERT": "/c/ca.pem",
-        "CONSUL_CLIENT_CERT": "/c/cert.pem",
-        "CONSUL_CLIENT_KEY": "/c/key.pem",
+        "CONSUL_CACERT": pem("ca.pem"),
+        "CONSUL_CLIENT_CERT": pem("cert.pem"),
+        "CONSUL_CLIENT_KEY": pem("key.pem"),
     }
-    client = ConsulConfig.from_env(env).client(timeout=3.0)
-    assert client.http.base_uri == "https://consul:8501"
-    assert client.token == TOKEN
-    assert client.http.verify == "/c/ca.pem"
-    assert client.http.cert == ("/c/cert.pem", "/c/key.pem")
+    client = ConsulClient(ConsulConfig.from_env(env), max_conns=7)
+    pool: Any = client.pool
+    assert (pool.scheme, pool.host, pool.port) == ("https", "consul", 8501)
+    assert client.headers["X-Consul-Token"] == TOKEN
+    assert pool.ca_certs == env["CONSUL_CACERT"]
+    assert (pool.cert_file, pool.key_file) == (env["CONSUL_CLIENT_CERT"], env["CONSUL_CLIENT_KEY"])
+    assert pool.pool.maxsize == 7  # the bound on connections to Consul

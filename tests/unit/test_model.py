@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import pytest
@@ -19,9 +20,13 @@ def inst(service_id: str, address: str = "10.0.0.1", port: int = 80, node: str =
 
 
 def catalog(services: dict[str, tuple[list[str], list[Instance]]]) -> Catalog:
+    """Each instance carries the service's tags unless it has its own."""
     return Catalog.build(
         {name: tags for name, (tags, _) in services.items()},
-        {name: insts for name, (_, insts) in services.items()},
+        {
+            name: [i if i.tags else dataclasses.replace(i, tags=tuple(sorted(tags))) for i in insts]
+            for name, (tags, insts) in services.items()
+        },
     )
 
 
@@ -52,7 +57,6 @@ def test_published_http_service() -> None:
                 name="www.example.com",
                 protocol="http",
                 balance="roundrobin",
-                maxconn=None,
                 frontend_port=None,
                 servers=(Server("www-1", "10.0.0.1", 80), Server("www-2", "10.0.0.2", 8080)),
             ),
@@ -66,7 +70,7 @@ def test_published_http_service() -> None:
 def test_tags_reach_the_backend() -> None:
     tags = [ON, "HAPROXY.BACKEND.BALANCE=leastconn", "HAPROXY.BACKEND.MAXCONN=50"]
     (backend,) = run({"api": (tags, [inst("a")])})[0].backends
-    assert (backend.balance, backend.maxconn) == ("leastconn", 50)
+    assert (backend.balance, backend.servers[0].maxconn) == ("leastconn", 50)
 
 
 def test_published_tcp_service() -> None:
@@ -80,8 +84,9 @@ def test_published_tcp_service() -> None:
     assert lb.http_backends == ()
 
 
-def test_service_without_instances_is_published_empty() -> None:
-    lb, problems = run({"www": ([ON], [])})
+def test_service_without_passing_instances_is_published_empty() -> None:
+    down = dataclasses.replace(inst("i"), status="critical")
+    lb, problems = run({"www": ([ON], [down])})
     assert lb.backends[0].servers == () and problems == []
 
 
@@ -124,13 +129,13 @@ def test_invalid_service_names_are_skipped(name: str, reason: str) -> None:
 
 
 def test_longest_label_is_fine() -> None:
-    lb, _ = run({"a" * 63: ([ON], [])})
+    lb, _ = run({"a" * 63: ([ON], [inst("i")])})
     assert published(lb) == ["a" * 63]
 
 
 def test_host_name_too_long_is_skipped() -> None:
     long_domain = Settings(domain=".".join(["d" * 63] * 3))  # 191 characters
-    lb, _ = run({"a" * 62: ([ON], []), "b": ([ON], [])}, long_domain)
+    lb, _ = run({"a" * 62: ([ON], [inst("i")]), "b": ([ON], [inst("i")])}, long_domain)
     assert published(lb) == ["b"]
     assert "longer than 253" in skipped(lb)["a" * 62]
 
@@ -156,12 +161,15 @@ def test_tcp_without_port_is_skipped() -> None:
 def test_tcp_port_of_a_frontend_is_skipped(port: int, owner: str) -> None:
     lb, _ = run({"db": (tcp(port), [inst("a")])})
     assert lb.backends == ()
-    assert f"HAPROXY.FRONTEND.PORT={port} is already used by the {owner}" == skipped(lb)["db"]
+    assert f"HAPROXY.FRONTEND.PORT={port} is held by the {owner}" == skipped(lb)["db"]
 
 
 def test_tcp_port_collision_follows_the_configured_ports() -> None:
     custom = Settings(domain="example.com", http_port=80, stats_port=9000)
-    lb, _ = run({"a": (tcp(8080), []), "b": (tcp(80), []), "c": (tcp(9000), [])}, custom)
+    lb, _ = run(
+        {"a": (tcp(8080), [inst("i")]), "b": (tcp(80), [inst("i")]), "c": (tcp(9000), [inst("i")])},
+        custom,
+    )
     assert published(lb) == ["a"]
     assert set(skipped(lb)) == {"b", "c"}
 
@@ -171,21 +179,28 @@ def test_tcp_port_collision_keeps_the_first_name(order: list[str]) -> None:
     services = {name: (tcp(6379), [inst(f"{name}-1")]) for name in order}
     lb, _ = run(services)
     assert published(lb) == ["alpha"]
-    assert skipped(lb) == {"beta": "HAPROXY.FRONTEND.PORT=6379 is already used by service 'alpha'"}
+    assert skipped(lb) == {"beta": "HAPROXY.FRONTEND.PORT=6379 is held by service 'alpha'"}
     # The same holds for a catalog that was not built (and so not sorted) by Catalog.build.
-    unsorted = Catalog(tuple(Service(n, tuple(tcp(6379)), ()) for n in order))
+    unsorted = Catalog(
+        tuple(
+            Service(
+                n, tuple(tcp(6379)), (dataclasses.replace(inst(f"{n}-1"), tags=tuple(tcp(6379))),)
+            )
+            for n in order
+        )
+    )
     assert [b.service for b in build(unsorted, SETTINGS)[0].backends] == ["alpha"]
 
 
 def test_skipped_tcp_service_does_not_claim_its_port() -> None:
     # "a" is skipped for its name; "b" may then use the port it asked for.
-    lb, _ = run({"A": (tcp(7000), []), "b": (tcp(7000), [])})
+    lb, _ = run({"A": (tcp(7000), [inst("i")]), "b": (tcp(7000), [inst("i")])})
     assert published(lb) == ["b"]
 
 
 def test_backends_sorted_by_name() -> None:
     names = ["web", "api", "zeta", "db"]
-    lb, _ = run({n: ([ON], []) for n in names})
+    lb, _ = run({n: ([ON], [inst("i")]) for n in names})
     assert published(lb) == sorted(names)
 
 
@@ -298,6 +313,123 @@ def test_wants_any_haproxy_tag() -> None:
 
 
 def test_skipped_sorted_by_name() -> None:
-    lb, _ = run({"m_x": ([ON], []), "Z": ([ON], []), "B": ([ON], [])})
+    lb, _ = run({"m_x": ([ON], [inst("i")]), "Z": ([ON], [inst("i")]), "B": ([ON], [inst("i")])})
     assert [s.service for s in lb.skipped] == ["B", "Z", "m_x"]
     assert all(isinstance(s, Skipped) and "DNS label" in s.reason for s in lb.skipped)
+
+
+# -- per-instance tags (a rolling deploy, leftovers, instances without the tag) ------------
+
+
+def deployed(
+    service_id: str, tags: list[str], created: int, status: str = "passing", port: int = 80
+) -> Instance:
+    return Instance(
+        node="n1",
+        service_id=service_id,
+        address="10.0.0.1",
+        port=port,
+        tags=tuple(sorted(tags)),
+        status=status,
+        create_index=created,
+    )
+
+
+def one(services: list[Instance], name: str = "web") -> tuple[LoadBalancer, list[str]]:
+    return build(
+        Catalog.build({name: [t for i in services for t in i.tags]}, {name: services}), SETTINGS
+    )
+
+
+def test_an_instance_without_the_enable_tag_gets_no_traffic() -> None:
+    lb, _ = one([deployed("tagged", [ON], 10), deployed("untagged", [], 11)])
+    assert [s.name for s in lb.backends[0].servers] == ["tagged"]
+
+
+def test_a_rolling_deploy_takes_effect_with_its_first_passing_instance() -> None:
+    old = [
+        deployed(f"old-{n}", [ON, "HAPROXY.BACKEND.BALANCE=roundrobin"], 10 + n) for n in range(3)
+    ]
+    new = deployed("new-1", [ON, "HAPROXY.BACKEND.BALANCE=leastconn"], 50)
+    lb, problems = one([*old, new])
+    (backend,) = lb.backends
+    # Published throughout, with every passing instance, and the newest one's balance.
+    assert backend.balance == "leastconn"
+    assert [s.name for s in backend.servers] == ["new-1", "old-0", "old-1", "old-2"]
+    assert lb.skipped == ()
+    assert any("disagree on HAPROXY.BACKEND.BALANCE" in p and "'new-1'" in p for p in problems)
+
+
+def test_a_new_instance_that_does_not_pass_yet_has_no_say() -> None:
+    old = deployed("old", [ON, "HAPROXY.BACKEND.BALANCE=roundrobin"], 10)
+    starting = deployed("new", [ON, "HAPROXY.BACKEND.BALANCE=leastconn"], 50, status="critical")
+    lb, problems = one([old, starting])
+    assert lb.backends[0].balance == "roundrobin"
+    assert [s.name for s in lb.backends[0].servers] == ["old"]
+    assert problems == []
+
+
+def test_a_critical_leftover_with_another_value_does_not_unpublish_a_healthy_service() -> None:
+    leftover = deployed(
+        "leftover", [ON, "HAPROXY.PROTOCOL=tcp", "HAPROXY.FRONTEND.PORT=9000"], 99, "critical"
+    )
+    healthy = deployed("healthy", [ON], 10)
+    lb, _ = one([healthy, leftover])
+    assert [(b.protocol, [s.name for s in b.servers]) for b in lb.backends] == [
+        ("http", ["healthy"])
+    ]
+
+
+def test_while_no_instance_passes_the_newest_one_shapes_the_backend() -> None:
+    a = deployed("a", [ON, "HAPROXY.BACKEND.BALANCE=first"], 10, "critical")
+    b = deployed("b", [ON, "HAPROXY.BACKEND.BALANCE=leastconn"], 20, "critical")
+    lb, _ = one([a, b])
+    assert (lb.backends[0].balance, lb.backends[0].servers) == ("leastconn", ())
+
+
+def test_maxconn_follows_each_instance() -> None:
+    a = deployed("a", [ON, "HAPROXY.BACKEND.MAXCONN=10"], 10)
+    b = deployed("b", [ON, "HAPROXY.BACKEND.MAXCONN=20"], 20)
+    c = deployed("c", [ON], 30)
+    lb, problems = one([a, b, c])
+    assert {s.name: s.maxconn for s in lb.backends[0].servers} == {"a": 10, "b": 20, "c": None}
+    assert problems == []  # maxconn is per server: no disagreement
+
+
+def test_an_instance_with_a_bad_tag_is_left_out_and_the_others_publish() -> None:
+    good = deployed("good", [ON], 10)
+    bad = deployed("bad", [ON, "HAPROXY.BACKEND.BALANCE=bogus"], 20)
+    lb, problems = one([good, bad])
+    assert [s.name for s in lb.backends[0].servers] == ["good"]
+    assert any("'bad'" in p and "bogus" in p for p in problems)
+
+
+def test_warning_instances_follow_the_health_policy() -> None:
+    ok = deployed("ok", [ON], 10)
+    warn = deployed("warn", [ON], 20, status="warning")
+    catalog = Catalog.build({"web": [ON]}, {"web": [ok, warn]})
+    excluded = build(catalog, SETTINGS)[0]
+    included = build(catalog, Settings(domain="example.com", health_warning="include"))[0]
+    assert [s.name for s in excluded.backends[0].servers] == ["ok"]
+    assert [s.name for s in included.backends[0].servers] == ["ok", "warn"]
+
+
+def test_a_tcp_port_stays_with_the_service_that_holds_it() -> None:
+    # "alpha" sorts first and registered later, but "zulu" holds port 9000.
+    zulu = deployed("zulu-1", tcp(9000), 30)
+    alpha = deployed("alpha-1", tcp(9000), 40)
+    catalog = Catalog.build(
+        {"zulu": tcp(9000), "alpha": tcp(9000)}, {"zulu": [zulu], "alpha": [alpha]}
+    )
+    lb, _ = build(catalog, SETTINGS, held={9000: "zulu"})
+    assert published(lb) == ["zulu"]
+    assert skipped(lb) == {"alpha": "HAPROXY.FRONTEND.PORT=9000 is held by service 'zulu'"}
+
+
+def test_without_a_holder_the_first_registered_service_gets_the_port() -> None:
+    zulu = deployed("zulu-1", tcp(9000), 30)
+    alpha = deployed("alpha-1", tcp(9000), 40)
+    catalog = Catalog.build(
+        {"zulu": tcp(9000), "alpha": tcp(9000)}, {"zulu": [zulu], "alpha": [alpha]}
+    )
+    assert published(build(catalog, SETTINGS)[0]) == ["zulu"]

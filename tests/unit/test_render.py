@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 from pathlib import Path
@@ -12,15 +13,15 @@ from consul_lb.consul.catalog import Catalog, Instance
 from consul_lb.haproxy.files import Paths
 from consul_lb.haproxy.limits import fit
 from consul_lb.model import build
-from consul_lb.render import HaproxyFiles, environment, render_haproxy, server_address
+from consul_lb.render import HaproxyFiles, Renderer, environment, server_address
 from consul_lb.settings import Settings, from_env
 
 DOM = {"HAPROXY_DOM": "example.com"}
 ON = "HAPROXY.ENABLE=true"
 PATHS = Paths(Path("/x")).template_paths()
 LIMITS = fit(50000, 10000, nofile=20000)
-# The checkout's template (not one installed under /usr/share), compiled once.
-ENV = environment([Path(__file__).resolve().parents[2] / "templates"])
+# The checkout's templates (not those installed under /usr/share).
+TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 
 
 def render(
@@ -28,10 +29,21 @@ def render(
     instances: dict[str, list[Instance]],
     settings: Settings | None = None,
 ) -> HaproxyFiles:
+    """Each instance carries its service's tags."""
     settings = settings or from_env(DOM)
-    lb, _ = build(Catalog.build(tags, instances), settings)
+    # A service that the test gives no instance gets one (Consul lists no service
+    # without an instance).
+    default = [Instance("node-9", "svc-1", "10.0.0.9", 80)]
+    tagged = {
+        name: [
+            dataclasses.replace(i, tags=tuple(sorted(tags[name])))
+            for i in instances.get(name, default)
+        ]
+        for name in tags
+    }
+    lb, _ = build(Catalog.build(tags, tagged), settings)
     limits = fit(settings.maxconn_global, settings.maxconn, nofile=20000)
-    return render_haproxy(lb, settings, limits, PATHS, ENV)
+    return Renderer(settings, PATHS, [TEMPLATES]).render(lb, limits)
 
 
 def block(config: str, header: str) -> list[str]:
@@ -71,8 +83,9 @@ def test_balance_and_maxconn_tags() -> None:
     tags = [ON, "HAPROXY.BACKEND.BALANCE=leastconn", "HAPROXY.BACKEND.MAXCONN=200"]
     lines = block(render({"www": tags}, {"www": WWW}).config, "backend www.example.com")
     assert "balance leastconn" in lines
-    # maxconn for the backend's servers: a default-server (per server) setting.
-    assert "default-server inter 10s fall 1 init-addr last,libc,none maxconn 200" in lines
+    # maxconn for the backend's servers: each server line carries its instance's.
+    assert "server www-1 10.0.0.1:8000 check maxconn 200" in lines
+    assert "server www-2 10.0.0.2:8001 check maxconn 200" in lines
     assert not any(line.startswith("maxconn") for line in lines)
 
 
@@ -89,8 +102,9 @@ def test_ipv6_server_address_is_explicit() -> None:
     assert server_address("10.0.0.1") == "10.0.0.1"
 
 
-def test_service_without_instances_has_an_empty_backend() -> None:
-    lines = block(render({"www": [ON]}, {}).config, "backend www.example.com")
+def test_service_without_passing_instances_has_an_empty_backend() -> None:
+    down = [dataclasses.replace(i, status="critical") for i in WWW]
+    lines = block(render({"www": [ON]}, {"www": down}).config, "backend www.example.com")
     assert lines[0] == "mode http"
     assert not any(line.startswith("server") for line in lines)
 
@@ -119,9 +133,17 @@ def test_http_frontend_routes_by_the_hosts_map() -> None:
     files = render({"www": [ON], "api": [ON]}, {})
     frontend = block(files.config, "frontend http")
     assert frontend[0] == "bind :8080"
-    assert "use_backend %[req.hdr(host),lower,field(1,:),map(hosts.map)]" in frontend
-    assert files.hosts_map == "api.example.com api.example.com\nwww.example.com www.example.com\n"
-    assert files.files() == {"haproxy.cfg": files.config, "hosts.map": files.hosts_map}
+    assert "use_backend %[req.hdr(host),lower,field(1,:),map(/x/live/hosts.map)]" in frontend
+    # Each host also in its absolute form (a trailing dot), which clients may send.
+    assert files.hosts_map == (
+        "api.example.com api.example.com\napi.example.com. api.example.com\n"
+        "www.example.com www.example.com\nwww.example.com. www.example.com\n"
+    )
+    assert files.files() == {
+        "haproxy.cfg": files.config,
+        "hosts.map": files.hosts_map,
+        "health.map": "",
+    }
 
 
 def test_hosts_map_lists_only_published_http_services() -> None:
@@ -132,7 +154,7 @@ def test_hosts_map_lists_only_published_http_services() -> None:
         "db": [ON, "HAPROXY.PROTOCOL=tcp", "HAPROXY.FRONTEND.PORT=5432"],
     }
     files = render(tags, {})
-    assert files.hosts_map == "www.example.com www.example.com\n"
+    assert files.hosts_map == "www.example.com www.example.com\nwww.example.com. www.example.com\n"
     assert "Published: 2 service(s); skipped: 1." in files.config
     assert "Bad" not in files.config and "off.example.com" not in files.config
 
@@ -157,7 +179,6 @@ def test_same_catalog_in_any_order_renders_byte_identical() -> None:
         assert again.hosts_map == first.hosts_map
     backends = re.findall(r"^backend (\S+)$", first.config, flags=re.M)
     assert backends == [
-        "consul_lb_health",
         "consul_lb_stats",
         "consul_lb_runtime",
         "db.example.com",
@@ -233,13 +254,51 @@ def test_overridden_settings_are_rendered() -> None:
     ]
     assert block(config, "frontend http")[0] == "bind :80"
     assert block(config, "frontend stats")[0] == "bind :9000"
-    assert "server serving 127.0.0.1:9000" in block(config, "backend consul_lb_health")
+    assert "server runtime 127.0.0.1:4445" in block(config, "backend consul_lb_runtime")
 
 
-def test_render_with_the_brief_limits() -> None:
-    lb, _ = build(Catalog.build({"www": [ON]}, {"www": WWW}), from_env(DOM))
-    files = render_haproxy(lb, from_env(DOM), LIMITS, PATHS, ENV)
-    assert files == render({"www": [ON]}, {"www": WWW})
+def test_the_health_uri_says_why_it_fails() -> None:
+    lb, _ = build(Catalog(), from_env(DOM))
+    renderer = Renderer(from_env(DOM), PATHS, [TEMPLATES])
+    waiting = renderer.render(lb, LIMITS, waiting=True)
+    serving = renderer.render(lb, LIMITS)
+    stats = block(serving.config, "frontend stats")
+    assert "acl consul_lb_waiting str(waiting),map(/x/live/health.map) -m found" in stats
+    assert "acl consul_lb_draining str(draining),map(/x/live/health.map) -m found" in stats
+    assert (
+        'http-request return status 200 content-type text/plain string "ok" if consul_lb_health'
+        in stats
+    )
+    # The reason is in the map (changed through the runtime API, without a reload).
+    assert (waiting.health_map, serving.health_map) == ("waiting 1\n", "")
+    assert waiting.config == serving.config
+
+
+def test_a_backend_section_is_rendered_once_while_it_stays_the_same(tmp_path: Path) -> None:
+    # An operator's backend template that counts its renders in a comment.
+    (tmp_path / "backend.cfg.j2").write_text(
+        '{% include "default/backend.cfg.j2" %}    # rendered {{ counter() }}\n'
+    )
+    calls: list[str] = []
+    renderer = Renderer(from_env(DOM), PATHS, [tmp_path])
+    def counter() -> int:
+        calls.append("x")
+        return len(calls)
+
+    renderer.env.globals["counter"] = counter
+    www = [dataclasses.replace(i, tags=(ON,)) for i in WWW]
+    api = [Instance("n", "api-1", "10.0.0.3", 80, (ON,))]
+    catalog = Catalog.build({"www": [ON], "api": [ON]}, {"www": www, "api": api})
+    lb, _ = build(catalog, from_env(DOM))
+    first = renderer.render(lb, LIMITS)
+    assert len(calls) == 2
+    moved = Catalog.build(
+        {"www": [ON], "api": [ON]}, {"www": www, "api": [dataclasses.replace(api[0], port=81)]}
+    )
+    second = renderer.render(build(moved, from_env(DOM))[0], LIMITS)
+    assert len(calls) == 3  # only api's section again
+    assert "server api-1 10.0.0.3:81 check" in second.config
+    assert first.config.count("# rendered 1") == 1
 
 
 def test_every_line_is_a_comment_a_section_or_indented() -> None:
@@ -263,8 +322,17 @@ def test_strict_undefined_raises(tmp_path: Path) -> None:
         env.get_template("typo.j2").render()
 
 
-def test_render_haproxy_with_a_broken_template_raises(tmp_path: Path) -> None:
+def test_render_with_a_broken_template_raises(tmp_path: Path) -> None:
     (tmp_path / "haproxy.cfg.j2").write_text("maxconn {{ limits.maxconn_globl }}\n")
     lb, _ = build(Catalog(), from_env(DOM))
     with pytest.raises(jinja2.UndefinedError):
-        render_haproxy(lb, from_env(DOM), LIMITS, PATHS, environment([tmp_path]))
+        Renderer(from_env(DOM), PATHS, [tmp_path]).render(lb, LIMITS)
+
+
+def test_structure_is_the_config_without_its_server_lines() -> None:
+    one = render({"www": [ON]}, {"www": WWW[:1]})
+    two = render({"www": [ON]}, {"www": WWW})
+    assert one.config != two.config
+    assert one.structure() == two.structure()
+    assert "server www-1" not in one.structure()
+    assert "server runtime" not in one.structure()

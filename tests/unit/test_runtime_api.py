@@ -1,20 +1,24 @@
-"""Classifying changes, and the runtime-API commands sent for them (fake admin socket)."""
+"""Classifying changes (pure), and the runtime-API commands sent for them, answered by a
+real HAProxy (tests/unit/local_haproxy.py)."""
 
 from __future__ import annotations
 
 import dataclasses
+import socket
 
 import pytest
 from consul_lb.haproxy.runtime_api import RuntimeApi, RuntimeApiError, server_only_changes
 from consul_lb.model import Backend, LoadBalancer, Server
+
+from tests.unit.local_haproxy import Stack, catalog
 
 A = Server("a", "10.0.0.1", 80)
 B = Server("b", "10.0.0.2", 80)
 C = Server("c", "10.0.0.3", 80)
 
 
-def lb(*servers: Server, balance: str = "roundrobin", maxconn: int | None = None) -> LoadBalancer:
-    backend = Backend("www", "www.example.com", "http", balance, maxconn, None, servers)
+def lb(*servers: Server, balance: str = "roundrobin") -> LoadBalancer:
+    backend = Backend("www", "www.example.com", "http", balance, None, servers)
     return LoadBalancer((backend,), ())
 
 
@@ -33,21 +37,12 @@ def test_unchanged_servers_give_no_change() -> None:
     "new",
     [
         lb(A, B, balance="leastconn"),  # a tag changed
-        lb(A, B, maxconn=10),
+        lb(A, dataclasses.replace(B, maxconn=10)),  # a server's own option changed
         LoadBalancer((), ()),  # the service disappeared
     ],
 )
 def test_structural_changes_are_not_server_only(new: LoadBalancer) -> None:
     assert server_only_changes(lb(A, B), new) is None
-
-
-def test_an_instance_that_moved_is_re_addressed() -> None:
-    admin = FakeAdmin()
-    moved = dataclasses.replace(B, address="10.0.0.9", port=81)
-    changes = server_only_changes(lb(A, B), lb(A, moved))
-    assert changes is not None and changes[0].moved == (moved,)
-    RuntimeApi(admin, drain_timeout=30).apply(changes)
-    assert admin.commands == ["set server www.example.com/b addr 10.0.0.9 port 81"]
 
 
 def test_an_instance_known_by_host_name_needs_a_reload() -> None:
@@ -62,111 +57,165 @@ def test_non_dynamic_algorithms_need_a_reload() -> None:
     assert server_only_changes(lb(A, balance="static-rr"), lb(A, B, balance="static-rr")) is None
 
 
-class FakeAdmin:
-    """Answers like HAProxy's admin socket; records the commands."""
+class Recorder:
+    """The real admin socket, with the commands it was sent written down."""
 
-    def __init__(self, sessions: dict[str, int] | None = None) -> None:
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
         self.commands: list[str] = []
-        self.sessions = sessions or {}
 
     def __call__(self, command: str) -> str:
         self.commands.append(command)
-        if command.startswith("add server"):
-            return "New server registered.\n"
-        if command.startswith("set server") and " addr " in command:
-            return "IP changed from '10.0.0.2' to '10.0.0.9' by 'stats socket command'\n"
-        if command.startswith("del server"):
-            return "Server deleted.\n"
-        if command.startswith("show stat"):
-            rows = "".join(f"www.example.com,{name},{n}\n" for name, n in self.sessions.items())
-            return "# pxname,svname,scur\n" + rows
-        return "\n"
+        return self.stack.applier.haproxy.admin(command)
 
 
-def test_added_server_is_created_checked_and_made_ready() -> None:
-    admin = FakeAdmin()
-    api = RuntimeApi(admin, drain_timeout=30)
-    changes = server_only_changes(lb(A), lb(A, C, maxconn=None))
+HOST = "web.example.com"
+
+
+def started(stack: Stack, *names: str) -> tuple[LoadBalancer, Recorder, RuntimeApi]:
+    """HAProxy running a backend with these servers; a RuntimeApi on its socket."""
+    assert stack.applier.apply(catalog(*(stack.instance(n) for n in names))) == "reload"
+    assert stack.applier.applied is not None
+    recorder = Recorder(stack)
+    return stack.applier.applied, recorder, RuntimeApi(recorder, drain_timeout=30)
+
+
+def with_servers(stack: Stack, running: LoadBalancer, *names: str) -> LoadBalancer:
+    (backend,) = running.backends
+    servers = tuple(Server(n, "127.0.0.1", stack.backend(n).port) for n in names)
+    return LoadBalancer((dataclasses.replace(backend, servers=servers),), ())
+
+
+def test_an_added_server_is_created_checked_and_serves(stack: Stack) -> None:
+    running, rec, api = started(stack, "a")
+    new = with_servers(stack, running, "a", "c")
+    changes = server_only_changes(running, new)
     assert changes is not None
     assert api.apply(changes) == (1, 0)
-    assert admin.commands == [
-        "add server www.example.com/c 10.0.0.3:80 check inter 10s fall 1",
-        "enable health www.example.com/c",
-        "set server www.example.com/c state ready",
+    port = stack.backend("c").port
+    assert rec.commands == [
+        f"add server {HOST}/c 127.0.0.1:{port} inter 10s fall 1 check",
+        f"enable health {HOST}/c",
+        f"set server {HOST}/c state ready",
     ]
+    assert stack.servers()[(HOST, "c")]["srv_admin_state"] == "0"
+    assert {stack.get(HOST)[1] for _ in range(8)} == {"a", "c"}
 
 
-def test_maxconn_and_ipv6_reach_the_dynamic_server() -> None:
-    admin = FakeAdmin()
-    v6 = Server("v6", "fd00::1", 8080)
-    changes = server_only_changes(lb(A, maxconn=5), lb(A, v6, maxconn=5))
-    assert changes is not None
-    RuntimeApi(admin, drain_timeout=30).apply(changes)
-    assert admin.commands[0] == (
-        "add server www.example.com/v6 ipv6@fd00::1:8080 check inter 10s fall 1 maxconn 5"
+def test_maxconn_and_ipv6_reach_the_dynamic_server(stack: Stack) -> None:
+    running, rec, api = started(stack, "a")
+    v6 = Server("v6", "::1", stack.backend("v6").port, maxconn=5)
+    new = LoadBalancer(
+        (dataclasses.replace(running.backends[0], servers=(*running.backends[0].servers, v6)),), ()
     )
+    changes = server_only_changes(running, new)
+    assert changes is not None
+    api.apply(changes)
+    assert (
+        rec.commands[0]
+        == f"add server {HOST}/v6 ipv6@::1:{v6.port} inter 10s fall 1 check maxconn 5"
+    )
+    assert stack.servers()[(HOST, "v6")]["srv_addr"] == "::1"
 
 
-def test_removed_server_drains_then_is_deleted_once_idle() -> None:
-    admin = FakeAdmin(sessions={"a": 2})
-    api = RuntimeApi(admin, drain_timeout=30)
-    changes = server_only_changes(lb(A, B), lb(B))
+def test_an_instance_that_moved_is_re_addressed(stack: Stack) -> None:
+    running, rec, api = started(stack, "a", "b")
+    moved = dataclasses.replace(running.backends[0].servers[1], port=stack.backend("b2").port)
+    new = LoadBalancer(
+        (
+            dataclasses.replace(
+                running.backends[0], servers=(running.backends[0].servers[0], moved)
+            ),
+        ),
+        (),
+    )
+    changes = server_only_changes(running, new)
+    assert changes is not None and changes[0].moved == (moved,)
+    api.apply(changes)
+    assert rec.commands == [f"set server {HOST}/b addr 127.0.0.1 port {moved.port}"]
+    assert stack.servers()[(HOST, "b")]["srv_port"] == str(moved.port)
+
+
+def test_removed_server_drains_then_is_deleted_once_idle(stack: Stack) -> None:
+    running, rec, api = started(stack, "a", "b")
+    changes = server_only_changes(running, with_servers(stack, running, "b"))
     assert changes is not None
     assert api.apply(changes) == (0, 1)
-    assert admin.commands == ["set server www.example.com/a state drain"]
-    assert api.sweep() == 0  # still has connections: not deleted
-    admin.sessions["a"] = 0
+    assert rec.commands == [f"set server {HOST}/a state drain"]
+    assert stack.servers()[(HOST, "a")]["srv_admin_state"] != "0"
     assert api.sweep() == 1
-    assert admin.commands[-2:] == [
-        "set server www.example.com/a state maint",
-        "del server www.example.com/a",
-    ]
+    assert rec.commands[-2:] == [f"set server {HOST}/a state maint", f"del server {HOST}/a"]
+    assert (HOST, "a") not in stack.servers()
     assert not api.draining
 
 
-def test_a_replaced_server_is_added_before_the_old_one_drains() -> None:
+def test_a_busy_server_is_deleted_only_after_the_drain_timeout(stack: Stack) -> None:
+    running, rec, api = started(stack, "a", "b")
+    slow = stack.backend("a")
+    release = slow.hold()  # the next request to "a" stays open
+    with socket.create_connection(("127.0.0.1", stack.settings.http_port)) as client:
+        client.sendall(f"GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+        assert slow.held.wait(5)  # the connection reached "a" (round robin starts there)
+        changes = server_only_changes(running, with_servers(stack, running, "b"))
+        assert changes is not None
+        api.apply(changes)
+        assert api.sweep() == 0  # still has a connection: not deleted
+        api.drain_timeout = 0
+        api.draining[(HOST, "a")].deadline = 0
+        assert api.sweep() == 1
+        assert f"shutdown sessions server {HOST}/a" in rec.commands
+        release.set()
+    assert (HOST, "a") not in stack.servers()
+
+
+def test_a_replaced_server_is_added_before_the_old_one_drains(stack: Stack) -> None:
     # One instance leaves as another arrives in the same batch: draining first would
     # leave the backend without a server for a moment (HAProxy answers 503).
-    admin = FakeAdmin()
-    changes = server_only_changes(lb(A), lb(C))
+    running, rec, api = started(stack, "a")
+    changes = server_only_changes(running, with_servers(stack, running, "c"))
     assert changes is not None
-    assert RuntimeApi(admin, drain_timeout=30).apply(changes) == (1, 1)
-    assert admin.commands == [
-        "add server www.example.com/c 10.0.0.3:80 check inter 10s fall 1",
-        "enable health www.example.com/c",
-        "set server www.example.com/c state ready",
-        "set server www.example.com/a state drain",
+    assert api.apply(changes) == (1, 1)
+    assert [c.split()[0:2] for c in rec.commands] == [
+        ["add", "server"],
+        ["enable", "health"],
+        ["set", "server"],
+        ["set", "server"],
     ]
+    assert rec.commands[-1] == f"set server {HOST}/a state drain"
 
 
-def test_drain_timeout_closes_remaining_connections() -> None:
-    admin = FakeAdmin(sessions={"a": 1})
-    api = RuntimeApi(admin, drain_timeout=0)
-    changes = server_only_changes(lb(A, B), lb(B))
-    assert changes is not None
-    api.apply(changes)
-    assert api.sweep() == 1
-    assert "shutdown sessions server www.example.com/a" in admin.commands
-
-
-def test_instance_back_before_its_drain_ended_is_made_ready_again() -> None:
-    admin = FakeAdmin(sessions={"a": 1})
-    api = RuntimeApi(admin, drain_timeout=30)
-    removed = server_only_changes(lb(A, B), lb(B))
-    back = server_only_changes(lb(B), lb(A, B))
+def test_instance_back_before_its_drain_ended_is_made_ready_again(stack: Stack) -> None:
+    running, rec, api = started(stack, "a", "b")
+    removed = server_only_changes(running, with_servers(stack, running, "b"))
+    back = server_only_changes(with_servers(stack, running, "b"), running)
     assert removed is not None and back is not None
     api.apply(removed)
     api.apply(back)
-    assert admin.commands[-1] == "set server www.example.com/a state ready"
-    assert not any(c.startswith("add server") for c in admin.commands)
+    assert rec.commands[-1] == f"set server {HOST}/a state ready"
+    assert not any(c.startswith("add server") for c in rec.commands)
     assert not api.draining
+    assert stack.servers()[(HOST, "a")]["srv_admin_state"] == "0"
 
 
-def test_an_error_answer_raises() -> None:
-    def refuse(command: str) -> str:
-        return "No such backend.\n"
-
-    changes = server_only_changes(lb(A), lb(A, B))
+def test_an_error_answer_raises(stack: Stack) -> None:
+    running, _, api = started(stack, "a")
+    elsewhere = LoadBalancer(
+        (dataclasses.replace(running.backends[0], name="nope.example.com"),), ()
+    )
+    changes = server_only_changes(
+        elsewhere, LoadBalancer((dataclasses.replace(elsewhere.backends[0], servers=(A,)),), ())
+    )
     assert changes is not None
-    with pytest.raises(RuntimeApiError, match="No such backend"):
-        RuntimeApi(refuse, drain_timeout=30).apply(changes)
+    with pytest.raises(RuntimeApiError, match=r"nope\.example\.com"):
+        api.apply(changes)
+
+
+def test_a_map_follows_through_add_set_and_del(stack: Stack) -> None:
+    _, _rec, api = started(stack, "a")
+    path = str(stack.applier.paths.live / "hosts.map")
+    old = stack.applier.paths.live.joinpath("hosts.map").read_text()
+    new = old.replace(f"{HOST}. {HOST}\n", "") + f"alias.example.com {HOST}\n"
+    assert api.set_map(path, old, new) == 2
+    shown = stack.applier.haproxy.admin(f"show map {path}")
+    assert "alias.example.com" in shown and f"{HOST}." not in shown
+    assert stack.get("alias.example.com") == (200, "a")

@@ -8,10 +8,12 @@ import pytest
 from consul_lb.haproxy.files import Paths
 from consul_lb.haproxy.process import make
 from consul_lb.settings import (
+    COMMON_VARIABLES,
     RELOAD_STRATEGIES,
     VARIABLES,
     Settings,
     SettingsError,
+    common_from_env,
     from_env,
     is_dns_name,
 )
@@ -43,6 +45,10 @@ OWN_DEFAULTS = {
     "HAPROXY_RUNTIME_API": True,
     "HAPROXY_SERVER_DRAIN_TIMEOUT": 30.0,
     "CONSUL_LB_STATE_DIR": Path("/var/lib/consul-lb"),
+    "HAPROXY_RUNTIME_PORT": 4445,
+    "HAPROXY_HEALTH_WARNING": "exclude",
+    "CONSUL_LB_TEMPLATES": (),
+    "CONSUL_LB_RESYNC_INTERVAL": 300.0,
 }
 # variable -> (raw override, the value it gives, invalid raw values)
 CASES: dict[str, tuple[str, object, tuple[str, ...]]] = {
@@ -70,6 +76,21 @@ CASES: dict[str, tuple[str, object, tuple[str, ...]]] = {
         Path("/run/consul-lb"),
         ("relative/dir", "/var/lib/a b", "/x\nstats socket /tmp/evil", "/x#y"),
     ),
+    "HAPROXY_RUNTIME_PORT": ("9100", 9100, ("0", "65536", "port")),
+    "HAPROXY_HEALTH_WARNING": ("include", "include", ("yes", "warning", "1")),
+    "CONSUL_LB_TEMPLATES": (
+        "/tmp:/etc",
+        (Path("/tmp"), Path("/etc")),
+        ("/nonexistent-templates", "/etc/hostname", "/tmp:/missing"),
+    ),
+    "CONSUL_LB_RESYNC_INTERVAL": ("10m", 600.0, ("often", "-1m")),
+}
+# Read by both modes (Settings.common, and template mode's Common).
+COMMON_CASES: dict[str, tuple[str, object, object, tuple[str, ...]]] = {
+    "CONSUL_LB_LOG_LEVEL": ("debug", "debug", "info", ("verbose", "5")),
+    "CONSUL_LB_LOG_FORMAT": ("json", "json", "text", ("xml", "logfmt")),
+    "CONSUL_LB_MAX_CONNS": ("16", 16, 64, ("2", "lots", "0")),
+    "CONSUL_LB_MAX_STALE": ("0", 0.0, 2.0, ("stale", "-2s")),
 }
 
 
@@ -80,6 +101,29 @@ def field_of(variable: str) -> str:
 def test_every_variable_is_covered() -> None:
     assert set(CASES) == set(VARIABLES)
     assert set(CONTRACT_DEFAULTS) | set(OWN_DEFAULTS) == set(VARIABLES)
+    assert set(COMMON_CASES) == set(COMMON_VARIABLES)
+
+
+@pytest.mark.parametrize("variable", sorted(COMMON_CASES))
+def test_common_variables_default_override_invalid(variable: str) -> None:
+    raw, expected, default, bad = COMMON_CASES[variable]
+    field = COMMON_VARIABLES[variable][0]
+    assert getattr(from_env(DOM).common, field) == default
+    assert getattr(common_from_env({}), field) == default
+    assert getattr(from_env({**DOM, variable: raw}).common, field) == expected
+    assert getattr(common_from_env({variable: raw}), field) == expected
+    for value in bad:
+        with pytest.raises(SettingsError, match=f"{variable}:"):
+            from_env({**DOM, variable: value})
+        with pytest.raises(SettingsError, match=f"{variable}:"):
+            common_from_env({variable: value})
+
+
+def test_the_three_ports_must_differ() -> None:
+    with pytest.raises(SettingsError, match="HAPROXY_STATS_PORT and HAPROXY_RUNTIME_PORT"):
+        from_env({**DOM, "HAPROXY_RUNTIME_PORT": "4444"})
+    with pytest.raises(SettingsError, match="HAPROXY_HTTP_PORT and HAPROXY_RUNTIME_PORT"):
+        from_env({**DOM, "HAPROXY_RUNTIME_PORT": "8080"})
 
 
 @pytest.mark.parametrize("variable", sorted({**CONTRACT_DEFAULTS, **OWN_DEFAULTS}))

@@ -1,29 +1,30 @@
 """Follow Consul's catalog with a bounded number of connections, whatever its size.
 
-Two blocking queries say *that* something changed and, almost always, *where*:
+Two blocking queries say *that* something changed, and where:
 
-- ``/v1/internal/ui/services`` (what Consul's own UI lists: per service its tags, instance
-  count, nodes and check counts) wakes on any service or check change; comparing each
-  service's summary with the previous one names the services to read again;
-- ``/v1/health/state/any?filter=Status != "passing"`` wakes on any check change and lists
-  the checks that do not pass; comparing it with the previous list names the services
-  (or, for node checks, the nodes) whose health changed, even when two opposite flips
-  leave a service's check counts as they were.
+- ``/v1/catalog/services`` wakes on every change of Consul's services table (an instance
+  registered, deregistered, re-registered) and on nothing else. Its tags name services
+  that appear, go, or change tags; for the rest, one read of ``/v1/internal/ui/services``
+  (what Consul's own UI lists: per service its instance count, nodes and check counts)
+  compared with the previous one names the services whose instances changed;
+- ``/v1/health/state/any?filter=Status != "passing"`` wakes on every check change and
+  lists the checks that do not pass; compared with the previous list it names the
+  services (or, for node checks, the nodes) whose health changed, even when two
+  opposite flips leave a service's check counts as they were.
 
 Then ``/v1/health/service/<name>`` is read for those services only, on a small pool of
-fetch threads sharing the client's bounded connection pool. One changed instance costs
-two or three requests, with 100 services or 5,000. A change that no summary shows (an
-instance that moved to another port under the same ID, new weights) leaves the services
-query's index ahead of the checks query's: after a short grace, every watched service
-is read again (a sweep), as on start and on the periodic resync.
+fetch threads sharing the client's bounded connection pool: one changed instance costs a
+handful of requests, with 100 services or 5,000. A services change that nothing names
+(an instance that moved to another port under the same ID, new weights) is found by
+reading every watched service again (a sweep), as on start and on the periodic resync.
 
 When ``/v1/internal/ui/services`` is not available (it is internal and unversioned),
-``/v1/catalog/services`` is watched instead and every change without a visible tag
-difference is a sweep.
+every services change without a visible tag difference is a sweep.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import threading
@@ -47,8 +48,7 @@ NOT_PASSING = 'Status != "passing"'
 # Names Consul accepts but that would need escaping in a URL path are never watched:
 # the model skips them anyway (they are not valid host names).
 WATCHABLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}\Z")
-# How long a services change waits for the checks query to explain it before a sweep.
-GRACE = 1.0
+EVERYTHING = 1 << 62  # the index of a sweep: later than any change
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +118,12 @@ class CatalogWatcher:
         self.services: dict[str, Service] = {}
         self.failing: dict[tuple[str, str], tuple[str, str]] = {}
         self.checks_index = 0
-        self.pending: set[str] = set()  # to fetch, not started yet
+        self.services_index = 0
+        # Reads of one service queued or running, each with the index of the change that
+        # asked for it: the services and checks queries both report one health flip,
+        # and one read covers both.
+        self.pending: dict[str, int] = {}  # queued, not started
+        self.running: dict[str, int] = {}
         self.failed: set[str] = set()  # last fetch failed: retried
         self.attempted: set[str] = set()  # fetched (or failed) at least once
         self.ui = True
@@ -171,34 +176,46 @@ class CatalogWatcher:
         with self.lock:
             names = set(self.summaries or ())
             self.sweeps += 1
-        self._schedule(names)
+        self._schedule(names, EVERYTHING)
 
     # -- services -------------------------------------------------------------------
     def _get_services(self, index: int | None) -> Response:
-        if self.ui:
-            try:
-                return self.client.get(UI_SERVICES, index=index, wait=self.timing.wait)
-            except ConsulHTTPError as exc:
-                if exc.status != 404:
-                    raise
-                log.warning(
-                    "%s is not available on this Consul (%s); watching %s instead: changes "
-                    "that no tag shows cost a read of every watched service",
-                    UI_SERVICES,
-                    exc,
-                    CATALOG_SERVICES,
-                )
-                self.ui = False
-                index = None
         return self.client.get(CATALOG_SERVICES, index=index, wait=self.timing.wait)
 
+    def _get_summaries(self) -> dict[str, Summary] | None:
+        """Per-service summaries, or None where Consul does not serve them."""
+        if not self.ui:
+            return None
+        try:
+            return summaries(self.client.get(UI_SERVICES).data, ui=True)
+        except ConsulHTTPError as exc:
+            if exc.status != 404:
+                raise
+        log.warning(
+            "%s is not available on this Consul; a change that no tag shows costs a read "
+            "of every watched service",
+            UI_SERVICES,
+        )
+        self.ui = False
+        return None
+
     def _on_services(self, response: Response) -> None:
-        found = summaries(response.data, self.ui)
+        if response.index and response.index == self.services_index:
+            return  # the blocking wait expired: nothing changed
+        first = self.summaries is None
+        tags = summaries(response.data, ui=False)
         wanted = {
-            n: s for n, s in found.items() if WATCHABLE_NAME.match(n) and self.wanted(n, s.tags)
+            n: t for n, t in tags.items() if WATCHABLE_NAME.match(n) and self.wanted(n, t.tags)
         }
+        # Where the instances changed, without a tag showing it: the UI's summaries.
+        found = self._get_summaries()
+        if found is not None:
+            wanted = {
+                n: dataclasses.replace(found.get(n, t), tags=t.tags) for n, t in wanted.items()
+            }
         with self.lock:
             old, self.summaries = self.summaries, wanted
+            self.services_index = response.index
             gone = set(old or ()) - set(wanted)
             for name in gone:
                 self.services.pop(name, None)
@@ -212,27 +229,10 @@ class CatalogWatcher:
         if gone:
             self.notify()
         if changed:
-            self._schedule(changed)
-        elif old is not None:
-            self._unexplained(response.index)
-
-    def _unexplained(self, index: int) -> None:
-        """The services query moved without a visible difference: a check change (the
-        checks query explains it) or a change no summary shows (sweep)."""
-        if not self.ui:
+            self._schedule(changed, response.index)
+        elif not first and not gone:
+            log.debug("services index %d: no summary names the change; sweeping", response.index)
             self.resync()
-            return
-
-        def verify() -> None:
-            deadline = time.monotonic() + GRACE
-            while time.monotonic() < deadline and not self.stopped.is_set():
-                if self.checks_index >= index:
-                    return
-                time.sleep(0.02)
-            log.debug("services index %d: no summary or check explains it; sweeping", index)
-            self.resync()
-
-        self.pool.submit(verify)
 
     # -- checks ---------------------------------------------------------------------
     def _get_checks(self, index: int | None) -> Response:
@@ -256,15 +256,20 @@ class CatalogWatcher:
                         if any(i.node == node for i in s.instances)
                     }
             affected &= set(self.summaries or ())
-        self._schedule(affected)
+        self._schedule(affected, response.index)
 
     # -- fetching one service -------------------------------------------------------
-    def _schedule(self, names: Iterable[str]) -> None:
+    def _schedule(self, names: Iterable[str], index: int) -> None:
+        """Read these services again, for a change seen at ``index`` (EVERYTHING: a
+        sweep or a retry, always read)."""
         for name in sorted(names):
             with self.lock:
                 if name in self.pending:
+                    self.pending[name] = max(self.pending[name], index)
                     continue
-                self.pending.add(name)
+                if self.running.get(name, -1) >= index != EVERYTHING:
+                    continue  # a read that started after this change is running
+                self.pending[name] = index
             try:
                 self.pool.submit(self._fetch, name)
             except RuntimeError:  # shut down
@@ -272,9 +277,15 @@ class CatalogWatcher:
 
     def _fetch(self, name: str) -> None:
         with self.lock:
-            # A change that arrives while this read runs schedules another read.
-            self.pending.discard(name)
+            self.running[name] = self.pending.pop(name, 0)
             summary = (self.summaries or {}).get(name)
+        try:
+            self._read_service(name, summary)
+        finally:
+            with self.lock:
+                self.running.pop(name, None)
+
+    def _read_service(self, name: str, summary: Summary | None) -> None:
         if summary is None:
             return
         path = f"/v1/health/service/{quote(name, safe='')}"
@@ -319,7 +330,7 @@ class CatalogWatcher:
                 retry = set(self.failed)
             failures = failures + 1 if retry else 0
             if retry:
-                self._schedule(retry)
+                self._schedule(retry, EVERYTHING)
 
     # -- one read, for the dry run and template --once ------------------------------
     def read_once(self, timeout: float = 60.0) -> Catalog:

@@ -46,6 +46,16 @@ def port_free(port: int) -> bool:
     return True
 
 
+TEMPLATE_FAILS = "the template fails for it: "
+
+
+def reason(failure: str) -> str:
+    """Why a service found by the bisection is left out."""
+    if failure.startswith(TEMPLATE_FAILS):
+        return failure
+    return f"haproxy -c rejects its configuration: {failure}"
+
+
 def frontend_ports(lb: model.LoadBalancer, settings: Settings) -> list[int]:
     return [settings.http_port, settings.stats_port, *sorted(lb.ports)]
 
@@ -121,7 +131,7 @@ class Applier:
                 result.message,
             )
             return None
-        lb = plan.lb.without({name: f"its configuration fails: {why}" for name, why in bad.items()})
+        lb = plan.lb.without({name: reason(why) for name, why in bad.items()})
         narrowed = Plan(lb, plan.problems, self.renderer.render(lb, plan.limits), plan.limits)
         return narrowed if self.validate(narrowed.files).ok else None
 
@@ -130,7 +140,7 @@ class Applier:
         try:
             files = self.renderer.render(lb, self.limits)
         except Exception as exc:  # an operator's template may raise anything
-            return Validation(False, f"the template fails: {type(exc).__name__}: {exc}")
+            return Validation(False, f"{TEMPLATE_FAILS}{type(exc).__name__}: {exc}")
         return self.validate(files)
 
     def validate(self, files: HaproxyFiles) -> Validation:
@@ -195,10 +205,12 @@ class Applier:
         lb, problems = model.build(
             catalog, self.settings, self.applied.ports if self.applied else {}, self.cache
         )
-        bad = isolate.culprits(self.applied, lb, self.trial, f"{type(exc).__name__}: {exc}")
+        bad = isolate.culprits(
+            self.applied, lb, self.trial, f"{TEMPLATE_FAILS}{type(exc).__name__}: {exc}"
+        )
         if not bad:
             raise exc
-        lb = lb.without({n: f"the template fails for it: {why}" for n, why in bad.items()})
+        lb = lb.without({n: reason(why) for n, why in bad.items()})
         return Plan(lb, problems, self.renderer.render(lb, self.limits, waiting), self.limits)
 
     def apply_live(self, plan: Plan, started: float) -> bool:
@@ -284,6 +296,7 @@ class Applier:
             log.warning("could not read the server state before reloading: %s", exc)
             state = ""
         text = server_state.reconcile(state, lb, self.api.draining.keys())
+        self.paths.state_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.paths.server_state.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.replace(self.paths.server_state)

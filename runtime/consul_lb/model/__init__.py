@@ -4,7 +4,7 @@ No I/O here: ``types`` holds the values, ``tags`` reads ``HAPROXY.*`` tags, ``bu
 decides what is published and what is skipped.
 """
 
-from consul_lb.model.build import Candidates, build, enabled, server_name, valid_address, wants
+from consul_lb.model.build import Candidates, build, server_name, valid_address, wants
 from consul_lb.model.types import Backend, LoadBalancer, Server, Skipped
 
 __all__ = [
@@ -14,7 +14,6 @@ __all__ = [
     "Server",
     "Skipped",
     "build",
-    "enabled",
     "server_name",
     "valid_address",
     "wants",

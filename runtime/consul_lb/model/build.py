@@ -30,7 +30,6 @@ from consul_lb.settings import DNS_LABEL, Settings, is_dns_name
 SERVER_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}\Z")
 # One label of a host name; HAProxy refuses empty labels ("a..b") at parse time.
 HOST_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
-ENABLE = f"{PREFIX}ENABLE="
 # ServiceOptions fields that are one per backend (the rest are per server or per
 # instance); named as the tags users write, for the log line on disagreement.
 BACKEND_OPTIONS = {
@@ -44,11 +43,6 @@ def wants(name: str, tags: tuple[str, ...]) -> bool:
     """Services the HAProxy mode watches: any with an HAPROXY.* tag on some instance, so
     that a published service with a bad tag is reported rather than silently ignored."""
     return any(t.startswith(PREFIX) for t in tags)
-
-
-def enabled(tags: Iterable[str]) -> bool:
-    """Whether an instance's own tags ask for publication (``HAPROXY.ENABLE=true``)."""
-    return any(t.startswith(ENABLE) and t[len(ENABLE) :].lower() == "true" for t in tags)
 
 
 def valid_address(address: str) -> bool:
@@ -120,12 +114,17 @@ def candidate(service: Service, settings: Settings) -> Candidate | None:
     parsed: list[tuple[Instance, ServiceOptions]] = []
     errors: list[tuple[Instance, str]] = []
     for inst in service.instances:
-        if not enabled(inst.tags):
+        if not any(t.startswith(PREFIX) for t in inst.tags):
             continue
         try:
-            parsed.append((inst, parse_tags(inst.tags)))
+            options = parse_tags(inst.tags)
         except TagError as exc:
+            # Reported even when the instance is not enabled: a typo in the tag that
+            # enables it ("HAPROXY.ENABLE=yes") must not pass in silence.
             errors.append((inst, str(exc)))
+            continue
+        if options.enabled:
+            parsed.append((inst, options))
     if not parsed and not errors:
         return None
     age = min(i.create_index for i, _ in [*parsed, *errors])

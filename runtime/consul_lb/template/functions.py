@@ -30,11 +30,13 @@ class TemplateData:
         self.absent: set[str] = set()  # key() of a key that does not exist
 
     def services(self) -> list[Service]:
-        return list(self.catalog.services)
+        # The catalog holds every instance with its health; templates see the passing
+        # ones only, as consul-template's service() does (and HAProxy mode serves).
+        return [Service(s.name, s.tags, s.passing) for s in self.catalog.services]
 
     def service(self, name: str, tag: str | None = None) -> list[Instance]:
         found = self.catalog.get(name)
-        instances = found.instances if found else ()
+        instances = found.passing if found else ()
         return [i for i in instances if tag is None or tag in i.tags]
 
     def _lookup(self, path: str) -> str | None:
@@ -55,8 +57,10 @@ class TemplateData:
         value = self._lookup(path)
         if value is None:
             # consul-template's key() waits for the key to exist; key_or_default does not.
-            if normalise_key(path) not in self.missing:
-                self.absent.add(normalise_key(path))
+            # An empty path here was built from a placeholder: no key to wait for.
+            key = normalise_key(str(path))
+            if key and key not in self.missing:
+                self.absent.add(key)
             return ""
         return value
 

@@ -1,0 +1,5 @@
+"""Fixtures shared by the fast tier."""
+
+from tests.unit.local_haproxy import stack
+
+__all__ = ["stack"]
