@@ -105,14 +105,11 @@ def ensure_debian_base(c: docker.DockerClient, wanted: str = OFFICIAL_BASE) -> s
     return LOCAL_BASE
 
 
-def consul_dev_command(max_conns_per_client: int, *extra: str) -> list[str]:
-    """A dev-mode Consul agent reachable from other containers. The connection limit
-    matters: the runtime holds one blocking query (one connection) per watched service."""
-    return [
-        "consul", "agent", "-dev", "-client", "0.0.0.0", "-log-level", "warn",
-        "-hcl", f"limits {{ http_max_conns_per_client = {max_conns_per_client} }}",
-        *extra,
-    ]  # fmt: skip
+def consul_dev_command(*extra: str) -> list[str]:
+    """A dev-mode Consul agent reachable from other containers, with Consul's DEFAULT
+    limits (200 HTTP connections per client address): a raised limit would hide what
+    users' agents do."""
+    return ["consul", "agent", "-dev", "-client", "0.0.0.0", "-log-level", "warn", *extra]
 
 
 def ensure_consul_image(c: docker.DockerClient, base: str) -> str:

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOMAIN = "test.local"
 OUTAGE_SECONDS = 30
 ENABLE = "HAPROXY.ENABLE=true"
-CONSUL_COMMAND = images.consul_dev_command(4096, "-config-dir=/consul/config")
+CONSUL_COMMAND = images.consul_dev_command("-config-dir=/consul/config")
 
 
 @dataclass

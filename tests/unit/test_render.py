@@ -281,6 +281,7 @@ def test_a_backend_section_is_rendered_once_while_it_stays_the_same(tmp_path: Pa
     )
     calls: list[str] = []
     renderer = Renderer(from_env(DOM), PATHS, [tmp_path])
+
     def counter() -> int:
         calls.append("x")
         return len(calls)

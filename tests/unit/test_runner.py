@@ -112,6 +112,13 @@ def test_haproxy_starts_before_consul_answers_and_says_why_it_fails(
     assert harness.runner.state()["waiting"] is None
 
 
+def test_an_empty_catalog_is_a_complete_read(harness: Harness) -> None:
+    harness.start_in_background()
+    eventually(lambda: harness.health() == (200, "ok"), what="health with no service at all")
+    eventually(lambda: harness.runner.state()["waiting"] is None)
+    assert harness.runner.applier.counters.reloads == 0  # the reason left through the API
+
+
 def test_a_burst_of_sighup_is_coalesced_and_later_changes_still_apply(
     tmp_path: Path, consul: FakeConsul
 ) -> None:

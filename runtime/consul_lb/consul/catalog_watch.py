@@ -226,8 +226,8 @@ class CatalogWatcher:
                 if known is not None and known.tags != summary.tags:
                     self.services[name] = Service(name, summary.tags, known.instances)
             changed = {n for n, s in wanted.items() if old is None or old.get(n) != s}
-        if gone:
-            self.notify()
+        if gone or first:
+            self.notify()  # also the first read: an empty catalog is a complete read too
         if changed:
             self._schedule(changed, response.index)
         elif not first and not gone:

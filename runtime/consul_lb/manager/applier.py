@@ -84,6 +84,20 @@ class Counters:
 
 
 @dataclass
+class Timeline:
+    """When each stage of one change happened, as Unix times (``time.time()``, 0.0: not
+    reached): where the time between a Consul change and HAProxy serving it goes. Shown
+    as ``last_change`` in the state; ``invoke bench scale`` reads it."""
+
+    changed: float = 0.0  # the watcher's first change of the burst reached the loop
+    snapshot: float = 0.0  # the debounce ended; the catalog snapshot was taken
+    rendered: float = 0.0  # model and template done
+    commands: float = 0.0  # runtime-API commands done (runtime API path only)
+    applied: float = 0.0  # HAProxy runs it: files installed (runtime API) or reloaded
+    path: str = ""  # "runtime_api" or "reload"
+
+
+@dataclass
 class Applier:
     """Applies snapshots; remembers what it reported so that each problem is logged
     once, not once per change."""
@@ -98,6 +112,7 @@ class Applier:
     counters: Counters = field(default_factory=Counters)
     reported: set[str] = field(default_factory=set)
     cache: model.Candidates = field(default_factory=model.Candidates)
+    timeline: Timeline = field(default_factory=Timeline)  # of the change being applied
     api: RuntimeApi = field(init=False)
 
     def __post_init__(self) -> None:
@@ -115,6 +130,7 @@ class Applier:
         files = self.renderer.render(lb, limits, waiting)
         self.counters.renders += 1
         self.counters.last_render_seconds = time.monotonic() - started
+        self.timeline.rendered = time.time()
         return Plan(lb, problems, files, limits)
 
     def checked(self, plan: Plan) -> Plan | None:
@@ -234,8 +250,10 @@ class Applier:
             self.counters.runtime_api_fallbacks += 1
             log.warning("runtime API change failed, reloading instead: %s", exc)
             return False
+        self.timeline.commands = time.time()
         # The files follow what runs, so that a later reload starts from the same state.
         install(plan.files, self.paths)
+        self.timeline.applied, self.timeline.path = time.time(), "runtime_api"
         self.current, self.applied = plan.files, plan.lb
         self.counters.runtime_api_changes += 1
         log.info(
@@ -272,6 +290,7 @@ class Applier:
         # The new process has none of the servers being drained; the old one finishes
         # their connections on its own.
         self.api.forget()
+        self.timeline.applied, self.timeline.path = time.time(), "reload"
         self.current, self.applied = plan.files, plan.lb
         self.counters.reload_changes += 1
         log.info(

@@ -11,6 +11,7 @@ the running configuration keeps serving.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
@@ -25,7 +26,7 @@ from consul_lb.consul.config import ConsulConfig
 from consul_lb.haproxy.files import Paths, install, read_installed
 from consul_lb.haproxy.iptables import IptablesError
 from consul_lb.haproxy.process import Haproxy, ReloadError, make
-from consul_lb.manager.applier import Applier
+from consul_lb.manager.applier import Applier, Timeline
 from consul_lb.manager.loop import CHANGED, HAPROXY_EXITED, RELOAD, STOP, Event, EventLoop
 from consul_lb.model import wants
 from consul_lb.observe.endpoints import Observer, Sources, start_server
@@ -66,6 +67,8 @@ class Runner:
         self.waiting = True  # until the first complete read of Consul
         self.force = False
         self.burst: float | None = None  # when the current burst of changes began
+        self.burst_time = 0.0  # the same, as a Unix time (for the Timeline)
+        self.last_change: Timeline | None = None  # stages of the last change applied
         self.failures = {"apply": 0, "restart": 0}
         self.stopping = False
 
@@ -84,17 +87,23 @@ class Runner:
             raise StartError(
                 f"haproxy -c rejects the configuration for no service: {result.message}"
             )
-        files = plan.files
+        files, lb = plan.files, plan.lb
         installed = read_installed(self.paths)
-        if installed is not None and self.applier.validate(installed).ok:
-            # A restart: serve what ran before until Consul has been read again.
+        if (
+            installed is not None
+            and installed.config != files.config
+            and self.applier.validate(installed).ok
+        ):
+            # A restart: serve what ran before until Consul has been read again (what
+            # it publishes is not known here: the first change reloads).
             files = type(installed)(installed.config, installed.hosts_map, plan.files.health_map)
+            lb = None
         install(files, self.paths)
         try:
             self.haproxy.start()
         except (ReloadError, OSError) as exc:
             raise StartError(f"haproxy does not start: {exc} (see its messages above)") from exc
-        self.applier.current = files
+        self.applier.current, self.applier.applied = files, lb
 
     def outage_context(self) -> str:
         if self.applier.applied is None:
@@ -136,7 +145,7 @@ class Runner:
         if kind == CHANGED:
             now = self.loop.clock()
             if self.burst is None:
-                self.burst = now
+                self.burst, self.burst_time = now, time.time()
             s = self.settings
             self.loop.after(
                 "render", min(now + s.render_wait_min, self.burst + s.render_wait_max) - now
@@ -168,10 +177,13 @@ class Runner:
         if not self.watcher.ready():
             self.loop.after("render", 0.05)
             return
+        changed = self.burst_time if self.burst is not None else 0.0
         self.burst = None
         force, self.force = self.force, False
         try:
-            outcome = self.applier.apply(self.watcher.snapshot(), force=force)
+            catalog = self.watcher.snapshot()
+            self.applier.timeline = Timeline(changed=changed, snapshot=time.time())
+            outcome = self.applier.apply(catalog, force=force)
         except Exception as exc:
             self.force = self.force or force
             self.failures["apply"] += 1
@@ -180,6 +192,8 @@ class Runner:
             self.loop.after("retry", delay)
             return
         self.failures["apply"] = 0
+        if outcome in ("runtime_api", "reload"):
+            self.last_change = self.applier.timeline
         if self.waiting and outcome in ("runtime_api", "reload", "unchanged"):
             self.waiting = False
             missing = self.watcher.missing()
@@ -241,6 +255,7 @@ class Runner:
         state["last_error"] = self.last_error or None
         state["watches"] = [s.public() for s in self.watcher.statuses()]
         state["unreadable_services"] = self.watcher.missing()
+        state["last_change"] = dataclasses.asdict(self.last_change) if self.last_change else None
         return state
 
     def figures(self) -> Figures:
