@@ -1,30 +1,29 @@
 """Invoke tasks: base images, build, push, test, lint, demo and deploy.
 
 Run them through ``./dev TASK`` on a fresh machine (it installs what is missing first),
-or with ``invoke TASK`` from the project's virtualenv.
+or with ``invoke TASK`` from the project's virtualenv. Long steps show one progress line
+each (devtools/progress.py); ``--verbose`` shows every tool's output instead.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import time
-import urllib.error
-import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import docker
 from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
 
-from devtools import images
+from devtools import demo as demo_stack
+from devtools import images, mirrors, progress
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_NAMESPACE = "consul-lb"
 DEFAULT_TAG = "latest"
-DEMO_DIR = ROOT / "deploy" / "demo"
-DEMO_DOMAIN = "demo.localhost"
 
 
 def _version() -> str:
@@ -33,24 +32,44 @@ def _version() -> str:
     return version("consul-lb")
 
 
+VERBOSE = (
+    "show every tool's output as it comes (default: one line per step, the output in build/logs/)"
+)
+
+
 def _fail(exc: BaseException) -> Exit:
     return Exit(f"error: {exc}", code=1)
+
+
+@contextmanager
+def _reported() -> Iterator[None]:
+    """Our errors as one line and exit status 1 (a failed step has printed its details)."""
+    try:
+        yield
+    except (progress.StepFailed, images.ImageError, mirrors.MirrorError) as exc:
+        raise _fail(exc) from None
 
 
 @task(
     help={
         "base_image": "Debian trixie image to build FROM (default: debian:trixie-slim, "
-        "bootstrapped with mmdebstrap when it cannot be pulled)"
+        "bootstrapped with mmdebstrap when it cannot be pulled)",
+        "verbose": VERBOSE,
     }
 )
-def base(c: Context, base_image: str = images.OFFICIAL_BASE) -> None:
+def base(c: Context, base_image: str = images.OFFICIAL_BASE, verbose: bool = False) -> None:
     """Make the Debian base image and the Consul image available (pull or build locally)."""
-    try:
-        client = images.client()
-        ref = images.ensure_debian_base(client, base_image)
-        images.ensure_consul_image(client, ref)
-    except images.ImageError as exc:
-        raise _fail(exc) from None
+    with _reported():
+        _base(progress.Progress.from_env(verbose), base_image)
+
+
+def _base(
+    steps: progress.Progress, base_image: str = images.OFFICIAL_BASE
+) -> tuple[docker.DockerClient, str, str]:
+    """The Docker client, the Debian base image and the Consul image."""
+    client = images.client()
+    ref = images.ensure_debian_base(client, base_image, steps)
+    return client, ref, images.ensure_consul_image(client, ref, steps)
 
 
 @task(
@@ -59,6 +78,7 @@ def base(c: Context, base_image: str = images.OFFICIAL_BASE) -> None:
         "tag": f"image tag (default {DEFAULT_TAG}; 'latest' is always tagged too)",
         "base_image": "Debian trixie image to build FROM (default: debian:trixie-slim or its "
         "local mmdebstrap bootstrap)",
+        "verbose": VERBOSE,
     }
 )
 def build(
@@ -66,14 +86,14 @@ def build(
     namespace: str = DEFAULT_NAMESPACE,
     tag: str = DEFAULT_TAG,
     base_image: str = images.OFFICIAL_BASE,
+    verbose: bool = False,
 ) -> None:
     """Build NS/consul-template:TAG, then NS/haproxy:TAG FROM it, with OCI labels."""
-    try:
+    with _reported():
+        steps = progress.Progress.from_env(verbose)
         client = images.client()
-        ref = images.ensure_debian_base(client, base_image)
-        images.build_all(client, images.ImageNames(namespace, tag), ref, _version())
-    except images.ImageError as exc:
-        raise _fail(exc) from None
+        ref = images.ensure_debian_base(client, base_image, steps)
+        images.build_all(client, images.ImageNames(namespace, tag), ref, _version(), steps)
 
 
 @task(
@@ -117,6 +137,7 @@ def lint(c: Context) -> None:
         "k": "only tests matching this pytest -k expression",
         "namespace": "namespace of the images under test",
         "tag": "tag of the images under test",
+        "verbose": VERBOSE,
     }
 )
 def test(
@@ -126,6 +147,7 @@ def test(
     k: str = "",
     namespace: str = DEFAULT_NAMESPACE,
     tag: str = DEFAULT_TAG,
+    verbose: bool = False,
 ) -> None:
     """Run the unit tests, then build the images and run the integration tests."""
     select = f" -k {k!r}" if k else ""
@@ -133,44 +155,12 @@ def test(
     if unit or both:
         c.run(f"{sys.executable} -m pytest tests/unit -q{select}", pty=False)
     if integration or both:
-        base(c)
-        build(c, namespace=namespace, tag=tag)
+        with _reported():
+            steps = progress.Progress.from_env(verbose)
+            client, ref, _ = _base(steps)
+            images.build_all(client, images.ImageNames(namespace, tag), ref, _version(), steps)
         env = {"CONSUL_LB_IMAGE_NAMESPACE": namespace, "CONSUL_LB_IMAGE_TAG": tag}
         c.run(f"{sys.executable} -m pytest tests/integration -q -rs{select}", env=env, pty=False)
-
-
-def _demo_env(namespace: str, tag: str, consul: str) -> dict[str, str]:
-    client = images.client()
-    names = images.ImageNames(namespace, tag)
-    env = {
-        "HAPROXY_IMAGE": names.ref("haproxy"),
-        "BACKEND_IMAGE": names.ref("consul-template"),
-        "HAPROXY_DOM": DEMO_DOMAIN,
-        "CONSUL_HTTP_ADDR": consul or "consul:8500",
-        "CONSUL_IMAGE": images.ensure_consul_image(client, images.ensure_debian_base(client)),
-    }
-    return env
-
-
-def _consul_put(base_url: str, path: str, body: dict[str, object]) -> None:
-    req = urllib.request.Request(f"{base_url}{path}", data=json.dumps(body).encode(), method="PUT")
-    with urllib.request.urlopen(req, timeout=5):
-        pass
-
-
-def _wait_http(url: str, timeout: float, host: str | None = None) -> bytes:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        req = urllib.request.Request(url, headers={"Host": host} if host else {})
-        try:
-            with urllib.request.urlopen(req, timeout=3) as resp:
-                body: bytes = resp.read()
-                return body
-        except (urllib.error.URLError, OSError) as exc:
-            last = exc
-            time.sleep(0.5)
-    raise Exit(f"error: {url} did not answer within {timeout:.0f}s ({last})", code=1)
 
 
 @task(
@@ -181,6 +171,7 @@ def _wait_http(url: str, timeout: float, host: str | None = None) -> bytes:
         "namespace": "namespace of the images to run",
         "tag": "tag of the images to run",
         "no_build": "do not (re)build the images first",
+        "verbose": VERBOSE,
     }
 )
 def demo(
@@ -190,53 +181,25 @@ def demo(
     namespace: str = DEFAULT_NAMESPACE,
     tag: str = DEFAULT_TAG,
     no_build: bool = False,
+    verbose: bool = False,
 ) -> None:
     """Run Consul (dev mode), the HAProxy image and two sample backends on this host."""
-    compose = f"docker compose -f {DEMO_DIR / 'compose.yaml'} --profile embedded-consul"
-    if down:
-        c.run(f"{compose} down --remove-orphans --timeout 5", env=_demo_env(namespace, tag, consul))
-        return
-    if not no_build:
-        base(c)
-        build(c, namespace=namespace, tag=tag)
-    env = _demo_env(namespace, tag, consul)
-    profile = compose if not consul else compose.replace(" --profile embedded-consul", "")
-    c.run(f"{profile} up -d --wait --remove-orphans", env=env, pty=False)
-    consul_url = "http://127.0.0.1:8500" if not consul else f"http://{consul}"
-    print(f"==> registering web-1 and web-2 as service 'web' in Consul at {consul_url}")
-    _wait_http(f"{consul_url}/v1/status/leader", 30)
-    for name in ("web-1", "web-2"):
-        _consul_put(
-            consul_url,
-            "/v1/agent/service/register",
-            {
-                "ID": name,
-                "Name": "web",
-                "Address": name,
-                "Port": 8000,
-                "Tags": ["HAPROXY.ENABLE=true"],
-                "Check": {"HTTP": f"http://{name}:8000/", "Interval": "2s"},
-            },
-        )
-    host = f"web.{DEMO_DOMAIN}"
-    body = _wait_http("http://127.0.0.1:8080/", 60, host=host)
-    print(f"==> HAProxy answers for {host}: {body.decode()[:200]}")
-    print("==> try it:")
-    print(f"    curl -H 'Host: {host}' http://127.0.0.1:8080/")
-    stats = "http://127.0.0.1:4444"
-    print("==> where to look (all on the stats port):")
-    print(f"    stats page:   {stats}/            (CSV: {stats}/;csv)")
-    print(f"    metrics:      {stats}/metrics     (Prometheus: the runtime's and HAProxy's)")
-    print(f"    state:        {stats}/_consul_lb/state   (published and skipped services)")
-    print(f"    config:       {stats}/_haproxy_getconfig (the haproxy.cfg HAProxy runs)")
-    print(f"    health:       {stats}/_haproxy_health_check")
-    print("    logs:         docker logs -f consul-lb-demo-haproxy-1")
-    print("==> stop it:      ./dev demo --down")
+    names = images.ImageNames(namespace, tag)
+    with _reported():
+        steps = progress.Progress.from_env(verbose)
+        if down:
+            demo_stack.down(names, steps)
+            return
+        client, ref, consul_image = _base(steps)
+        if not no_build:
+            images.build_all(client, names, ref, _version(), steps)
+        demo_stack.up(names, consul, consul_image, steps)
+    demo_stack.print_guide()
 
 
 @task(help={"all": "also remove the base and Consul images"})
 def clean(c: Context, all: bool = False) -> None:
-    """Remove build artefacts (the wheelhouse), and with --all the local base images."""
+    """Remove build/ (the wheelhouse and the logs), and with --all the local base images."""
     c.run(f"rm -rf {ROOT / 'build'}")
     if all:
         for ref in (images.LOCAL_BASE, images.LOCAL_CONSUL):
