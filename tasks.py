@@ -7,6 +7,7 @@ each (devtools/progress.py); ``--verbose`` shows every tool's output instead.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Iterator
@@ -14,9 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import docker
+from invoke.collection import Collection
 from invoke.context import Context
 from invoke.exceptions import Exit
-from invoke.tasks import task
+from invoke.program import Program
+from invoke.tasks import task as invoke_task
 
 from devtools import demo as demo_stack
 from devtools import images, mirrors, progress
@@ -32,6 +35,12 @@ def _version() -> str:
     return version("consul-lb")
 
 
+# No automatic short flags: Invoke made them from the first free letter, so -n meant --name
+# in bench and --namespace elsewhere, and -d --down, --domain or --duration. Only test's -k
+# (pytest's) is short: its parameter is one letter.
+task = functools.partial(invoke_task, auto_shortflags=False)
+# Value options are strings parsed here (`_number`): Invoke shows FLOAT options like on/off
+# flags in --help, and answers a bad INT with a traceback.
 VERBOSE = (
     "show every tool's output as it comes (default: one line per step, the output in build/logs/)"
 )
@@ -50,9 +59,20 @@ def _reported() -> Iterator[None]:
         raise _fail(exc) from None
 
 
+def _number(option: str, raw: str, kind: type[int] | type[float], minimum: float) -> float:
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        what = "a whole number" if kind is int else "a number"
+        raise Exit(f"error: --{option}: expected {what} of {minimum:g} or more, got {raw!r}", 1)
+    return value
+
+
 @task(
     help={
-        "base_image": "Debian trixie image to build FROM (default: debian:trixie-slim, "
+        "base_image": "IMAGE: the Debian trixie image to build FROM (default: debian:trixie-slim, "
         "bootstrapped with mmdebstrap when it cannot be pulled)",
         "verbose": VERBOSE,
     }
@@ -74,10 +94,10 @@ def _base(
 
 @task(
     help={
-        "namespace": f"image namespace (default {DEFAULT_NAMESPACE})",
-        "tag": f"image tag (default {DEFAULT_TAG}; 'latest' is always tagged too)",
-        "base_image": "Debian trixie image to build FROM (default: debian:trixie-slim or its "
-        "local mmdebstrap bootstrap)",
+        "namespace": f"NS: image namespace (default {DEFAULT_NAMESPACE})",
+        "tag": f"TAG: image tag (default {DEFAULT_TAG}; 'latest' is always tagged too)",
+        "base_image": "IMAGE: the Debian trixie image to build FROM (default: "
+        "debian:trixie-slim or its local mmdebstrap bootstrap)",
         "verbose": VERBOSE,
     }
 )
@@ -99,8 +119,8 @@ def build(
 @task(
     help={
         "registry": "HOST[:PORT] of the registry (default: Docker Hub)",
-        "namespace": f"image namespace (default {DEFAULT_NAMESPACE})",
-        "tag": f"image tag (default {DEFAULT_TAG})",
+        "namespace": f"NS: image namespace (default {DEFAULT_NAMESPACE})",
+        "tag": f"TAG: image tag (default {DEFAULT_TAG})",
     }
 )
 def push(
@@ -134,9 +154,9 @@ def lint(c: Context) -> None:
     help={
         "unit": "run the unit tests only (no Docker)",
         "integration": "run the integration tests only",
-        "k": "only tests matching this pytest -k expression",
-        "namespace": "namespace of the images under test",
-        "tag": "tag of the images under test",
+        "k": "EXPR: only tests matching this pytest -k expression",
+        "namespace": f"NS: namespace of the images under test (default {DEFAULT_NAMESPACE})",
+        "tag": f"TAG: tag of the images under test (default {DEFAULT_TAG})",
         "verbose": VERBOSE,
     }
 )
@@ -165,12 +185,12 @@ def test(
 
 @task(
     help={
-        "down": "stop and remove the demo's containers",
-        "consul": "use this Consul (host:port reachable from the containers) instead of "
+        "down": "stop and remove the demo's containers (builds and pulls nothing)",
+        "consul": "HOST:PORT of a Consul reachable from the containers, used instead of "
         "starting the embedded dev-mode Consul",
-        "namespace": "namespace of the images to run",
-        "tag": "tag of the images to run",
-        "no_build": "do not (re)build the images first",
+        "namespace": f"NS: namespace of the images to run (default {DEFAULT_NAMESPACE})",
+        "tag": f"TAG: tag of the images to run (default {DEFAULT_TAG})",
+        "no_build": "run the images as they are (default: build them first)",
         "verbose": VERBOSE,
     }
 )
@@ -208,44 +228,58 @@ def clean(c: Context, all: bool = False) -> None:
 
 @task(
     help={
-        "marathon": "Marathon's base URL, e.g. http://marathon.example.org:8080 (required)",
-        "app_id": "Marathon app id (default /consul-lb/haproxy)",
-        "instances": "number of HAProxy instances (default: the shipped definition's)",
-        "namespace": "image namespace",
-        "tag": "image tag",
-        "strategy": "reload strategy: seamless (default) or syn-drop (adds NET_ADMIN)",
-        "domain": "HAPROXY_DOM for the instances (default: the shipped definition's)",
-        "consul_addr": "CONSUL_HTTP_ADDR for the instances (default 127.0.0.1:8500)",
+        "marathon": "URL: Marathon's base URL, e.g. http://marathon.example.org:8080 (required)",
+        "app_id": "ID: the Marathon app id (default /consul-lb/haproxy)",
+        "instances": "N: how many HAProxy instances, 0 or more (default: the shipped definition's)",
+        "namespace": f"NS: image namespace (default {DEFAULT_NAMESPACE})",
+        "tag": f"TAG: image tag (default {DEFAULT_TAG})",
+        "strategy": "S: reload strategy, seamless (default) or syn-drop (adds NET_ADMIN)",
+        "domain": "DOM: HAPROXY_DOM of the instances, a DNS name such as example.com "
+        "(default: the shipped definition's)",
+        "consul_addr": "HOST:PORT: CONSUL_HTTP_ADDR of the instances (default 127.0.0.1:8500)",
         "force": "replace a deployment of this app that is still in progress",
-        "timeout": "seconds to follow the deployment before giving up (default 600)",
-        "user": "HTTP basic auth USER:PASS (or MARATHON_USER/MARATHON_PASSWORD; "
+        "timeout": "SECONDS to follow the deployment before giving up (default 600)",
+        "user": "USER:PASS for HTTP basic auth (or MARATHON_USER/MARATHON_PASSWORD; "
         "MARATHON_TOKEN for a DC/OS token)",
     }
 )
 def deploy(
     c: Context,
-    marathon: str,
+    marathon: str = "",
     app_id: str = "",
-    instances: int = 0,
+    instances: str = "",
     namespace: str = DEFAULT_NAMESPACE,
     tag: str = DEFAULT_TAG,
     strategy: str = "seamless",
     domain: str = "",
     consul_addr: str = "",
     force: bool = False,
-    timeout: float = 600.0,
+    timeout: str = "600",
     user: str = "",
 ) -> None:
     """Render and validate the Marathon app definition, PUT it, follow the deployment."""
     from devtools import marathon as mt
 
+    if not marathon:
+        raise Exit(
+            "error: deploy needs Marathon's base URL: invoke deploy --marathon URL, e.g. "
+            "--marathon http://marathon.example.org:8080 (invoke --help deploy shows all options)",
+            code=1,
+        )
+    # "" (not 0) means the shipped definition's count: 0 instances is a real request.
+    count = int(_number("instances", instances, int, 0)) if instances else None
+    seconds = _number("timeout", timeout, float, 0)
+    try:
+        dom = mt.domain_name(domain) if domain else None
+    except ValueError as exc:
+        raise Exit(f"error: --domain: {exc}", code=1) from None
     try:
         app = mt.render_app(
             app_id=app_id or mt.DEFAULT_APP_ID,
-            instances=instances or int(mt.load_app()["instances"]),
+            instances=count,
             image=mt.image_reference(namespace, tag),
             strategy=strategy,
-            domain=domain or None,
+            domain=dom,
             consul_addr=consul_addr or None,
         )
         mt.validate_app(app)
@@ -254,7 +288,7 @@ def deploy(
             marathon_url=marathon,
             app=app,
             force=force,
-            timeout=timeout,
+            timeout=seconds,
             poll_interval=2.0,
             auth=auth,
             token=token,
@@ -267,37 +301,49 @@ def deploy(
 BENCHES = ("reload", "render", "converge")
 
 
-@task(
-    help={
-        "name": f"which benchmark: {', '.join(BENCHES)}",
-        "duration": "reload: seconds under load per strategy and mode (default 30)",
-        "interval": "reload: seconds between two reloads (default 0.1)",
-        "strategies": "reload: comma-separated subset of none,naive,syn-drop,seamless",
-        "rounds": "converge: registrations to time (default 100)",
-        "namespace": "namespace of the images to measure",
-        "tag": "tag of the images to measure",
-    }
-)
+BENCH_HELP = {
+    "name": f"NAME: which benchmark, one of {', '.join(BENCHES)} (the first argument)",
+    "duration": "SECONDS under load per strategy and mode, for reload (default 30)",
+    "interval": "SECONDS between two reloads, for reload (default 0.1)",
+    "strategies": "LIST: comma-separated subset of none,naive,syn-drop,seamless, for reload",
+    "rounds": "N registrations to time, for converge (default 100)",
+    "namespace": f"NS: namespace of the images to measure (default {DEFAULT_NAMESPACE})",
+    "tag": f"TAG: tag of the images to measure (default {DEFAULT_TAG})",
+}
+
+
+@task(help=BENCH_HELP)
 def bench(
     c: Context,
     name: str,
-    duration: float = 30.0,
-    interval: float = 0.1,
+    duration: str = "30",
+    interval: str = "0.1",
     strategies: str = "none,naive,syn-drop,seamless",
-    rounds: int = 100,
+    rounds: str = "100",
     namespace: str = DEFAULT_NAMESPACE,
     tag: str = DEFAULT_TAG,
 ) -> None:
     """Run a benchmark (reload, render, converge) against the built images and print a table."""
+    if name in ("-h", "--help"):
+        # Invoke gives a --help right after the task to its first argument, NAME. Its parser
+        # has used up the task's help texts by now: show them from a new copy of the task.
+        fresh = Collection(task(bench.body, help=BENCH_HELP))
+        Program(namespace=fresh, binary="inv[oke]").run(["inv[oke]", "--help", "bench"])
+        return
     names = images.ImageNames(namespace, tag)
     if name == "reload":
         from devtools import bench_reload
 
-        bench_reload.main(names, duration, interval, tuple(strategies.split(",")))
+        bench_reload.main(
+            names,
+            _number("duration", duration, float, 1),
+            _number("interval", interval, float, 0.001),
+            tuple(strategies.split(",")),
+        )
     elif name == "converge":
         from devtools import bench_converge
 
-        bench_converge.main(names, rounds)
+        bench_converge.main(names, int(_number("rounds", rounds, int, 1)))
     elif name == "render":
         from devtools import bench_render
 
