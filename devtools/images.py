@@ -73,16 +73,23 @@ def try_pull(c: docker.DockerClient, ref: str, show: Show = say) -> bool:
     return True
 
 
+def present_or_pulled(c: docker.DockerClient, ref: str, step: Step) -> bool:
+    """Whether ``ref`` is here, or could be pulled; the step's line says which."""
+    if image_exists(c, ref):
+        step.done = f"{ref} (present)"
+    elif try_pull(c, ref, step.output):
+        step.done = f"{ref} (pulled)"
+    else:
+        return False
+    return True
+
+
 def ensure_debian_base(
     c: docker.DockerClient, wanted: str = OFFICIAL_BASE, steps: Progress | None = None
 ) -> str:
     """Return a Debian trixie image reference to build FROM."""
     with (steps or Progress.from_env()).step("Debian trixie base image") as step:
-        if image_exists(c, wanted):
-            step.done = f"{wanted} (present)"
-            return wanted
-        if try_pull(c, wanted, step.output):
-            step.done = f"{wanted} (pulled)"
+        if present_or_pulled(c, wanted, step):
             return wanted
         if wanted != OFFICIAL_BASE:
             raise ImageError(f"base image {wanted} is neither present nor pullable")
@@ -144,11 +151,7 @@ def ensure_consul_image(c: docker.DockerClient, base: str, steps: Progress | Non
     """The Consul image for the demo and the tests: ``CONSUL_IMAGE`` if pullable, else local."""
     wanted = os.environ.get("CONSUL_IMAGE", DEFAULT_CONSUL_IMAGE)
     with (steps or Progress.from_env()).step("Consul image") as step:
-        if image_exists(c, wanted):
-            step.done = f"{wanted} (present)"
-            return wanted
-        if try_pull(c, wanted, step.output):
-            step.done = f"{wanted} (pulled)"
+        if present_or_pulled(c, wanted, step):
             return wanted
         if image_exists(c, LOCAL_CONSUL):
             step.done = f"{LOCAL_CONSUL} (built earlier from Debian's consul package)"
