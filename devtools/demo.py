@@ -41,7 +41,11 @@ def up(names: images.ImageNames, consul: str, consul_image: str, steps: Progress
         _register_backends(consul_url)
         step.status(f"waiting for HAProxy to route {HOST}")
         body = _wait_http("http://127.0.0.1:8080/", 60, host=HOST)
-        step.done = f"HAProxy answers for {HOST}: {body.decode().strip()[:80]}"
+        try:  # deploy/demo/echo.py answers with its name
+            answer = f"backend {json.loads(body)['backend']}"
+        except (ValueError, KeyError, TypeError):
+            answer = body.decode(errors="replace").strip()[:60]
+        step.done = f"HAProxy answers for {HOST} ({answer})"
 
 
 def down(names: images.ImageNames, steps: Progress) -> None:
