@@ -1,30 +1,32 @@
 """Invoke tasks: base images, build, push, test, lint, demo and deploy.
 
 Run them through ``./dev TASK`` on a fresh machine (it installs what is missing first),
-or with ``invoke TASK`` from the project's virtualenv.
+or with ``invoke TASK`` from the project's virtualenv. Long steps show one progress line
+each (devtools/progress.py); ``--verbose`` shows every tool's output instead.
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import sys
-import time
-import urllib.error
-import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import docker
+from invoke.collection import Collection
 from invoke.context import Context
 from invoke.exceptions import Exit
-from invoke.tasks import task
+from invoke.program import Program
+from invoke.tasks import task as invoke_task
 
-from devtools import images
+from devtools import demo as demo_stack
+from devtools import images, mirrors, progress
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_NAMESPACE = "consul-lb"
 DEFAULT_TAG = "latest"
-DEMO_DIR = ROOT / "deploy" / "demo"
-DEMO_DOMAIN = "demo.localhost"
 
 
 def _version() -> str:
@@ -33,32 +35,70 @@ def _version() -> str:
     return version("consul-lb")
 
 
+# No automatic short flags: Invoke made them from the first free letter, so -n meant --name
+# in bench and --namespace elsewhere, and -d --down, --domain or --duration. Only test's -k
+# (pytest's) is short: its parameter is one letter.
+task = functools.partial(invoke_task, auto_shortflags=False)
+# Value options are strings parsed here (`_number`): Invoke shows FLOAT options like on/off
+# flags in --help, and answers a bad INT with a traceback.
+VERBOSE = (
+    "show every tool's output as it comes (default: one line per step, the output in build/logs/)"
+)
+
+
 def _fail(exc: BaseException) -> Exit:
     return Exit(f"error: {exc}", code=1)
 
 
-@task(
-    help={
-        "base_image": "Debian trixie image to build FROM (default: debian:trixie-slim, "
-        "bootstrapped with mmdebstrap when it cannot be pulled)"
-    }
-)
-def base(c: Context, base_image: str = images.OFFICIAL_BASE) -> None:
-    """Make the Debian base image and the Consul image available (pull or build locally)."""
+@contextmanager
+def _reported() -> Iterator[None]:
+    """Our errors as one line and exit status 1 (a failed step has printed its details)."""
     try:
-        client = images.client()
-        ref = images.ensure_debian_base(client, base_image)
-        images.ensure_consul_image(client, ref)
-    except images.ImageError as exc:
+        yield
+    except (progress.StepFailed, images.ImageError, mirrors.MirrorError) as exc:
         raise _fail(exc) from None
 
 
+def _number(option: str, raw: str, kind: type[int] | type[float], minimum: float) -> float:
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        what = "a whole number" if kind is int else "a number"
+        raise Exit(f"error: --{option}: expected {what} of {minimum:g} or more, got {raw!r}", 1)
+    return value
+
+
 @task(
     help={
-        "namespace": f"image namespace (default {DEFAULT_NAMESPACE})",
-        "tag": f"image tag (default {DEFAULT_TAG}; 'latest' is always tagged too)",
-        "base_image": "Debian trixie image to build FROM (default: debian:trixie-slim or its "
-        "local mmdebstrap bootstrap)",
+        "base_image": "IMAGE: the Debian trixie image to build FROM (default: debian:trixie-slim, "
+        "bootstrapped with mmdebstrap when it cannot be pulled)",
+        "verbose": VERBOSE,
+    }
+)
+def base(c: Context, base_image: str = images.OFFICIAL_BASE, verbose: bool = False) -> None:
+    """Make the Debian base image and the Consul image available (pull or build locally)."""
+    with _reported():
+        _base(progress.Progress.from_env(verbose), base_image)
+
+
+def _base(
+    steps: progress.Progress, base_image: str = images.OFFICIAL_BASE
+) -> tuple[docker.DockerClient, str, str]:
+    """The Docker client, the Debian base image and the Consul image."""
+    client = images.client()
+    ref = images.ensure_debian_base(client, base_image, steps)
+    return client, ref, images.ensure_consul_image(client, ref, steps)
+
+
+@task(
+    help={
+        "namespace": f"NS: image namespace (default {DEFAULT_NAMESPACE})",
+        "tag": f"TAG: image tag (default {DEFAULT_TAG}; 'latest' is always tagged too)",
+        "base_image": "IMAGE: the Debian trixie image to build FROM (default: "
+        "debian:trixie-slim or its local mmdebstrap bootstrap)",
+        "verbose": VERBOSE,
     }
 )
 def build(
@@ -66,21 +106,21 @@ def build(
     namespace: str = DEFAULT_NAMESPACE,
     tag: str = DEFAULT_TAG,
     base_image: str = images.OFFICIAL_BASE,
+    verbose: bool = False,
 ) -> None:
     """Build NS/consul-template:TAG, then NS/haproxy:TAG FROM it, with OCI labels."""
-    try:
+    with _reported():
+        steps = progress.Progress.from_env(verbose)
         client = images.client()
-        ref = images.ensure_debian_base(client, base_image)
-        images.build_all(client, images.ImageNames(namespace, tag), ref, _version())
-    except images.ImageError as exc:
-        raise _fail(exc) from None
+        ref = images.ensure_debian_base(client, base_image, steps)
+        images.build_all(client, images.ImageNames(namespace, tag), ref, _version(), steps)
 
 
 @task(
     help={
         "registry": "HOST[:PORT] of the registry (default: Docker Hub)",
-        "namespace": f"image namespace (default {DEFAULT_NAMESPACE})",
-        "tag": f"image tag (default {DEFAULT_TAG})",
+        "namespace": f"NS: image namespace (default {DEFAULT_NAMESPACE})",
+        "tag": f"TAG: image tag (default {DEFAULT_TAG})",
     }
 )
 def push(
@@ -114,9 +154,10 @@ def lint(c: Context) -> None:
     help={
         "unit": "run the unit tests only (no Docker)",
         "integration": "run the integration tests only",
-        "k": "only tests matching this pytest -k expression",
-        "namespace": "namespace of the images under test",
-        "tag": "tag of the images under test",
+        "k": "EXPR: only tests matching this pytest -k expression",
+        "namespace": f"NS: namespace of the images under test (default {DEFAULT_NAMESPACE})",
+        "tag": f"TAG: tag of the images under test (default {DEFAULT_TAG})",
+        "verbose": VERBOSE,
     }
 )
 def test(
@@ -126,6 +167,7 @@ def test(
     k: str = "",
     namespace: str = DEFAULT_NAMESPACE,
     tag: str = DEFAULT_TAG,
+    verbose: bool = False,
 ) -> None:
     """Run the unit tests, then build the images and run the integration tests."""
     select = f" -k {k!r}" if k else ""
@@ -133,54 +175,23 @@ def test(
     if unit or both:
         c.run(f"{sys.executable} -m pytest tests/unit -q{select}", pty=False)
     if integration or both:
-        base(c)
-        build(c, namespace=namespace, tag=tag)
+        with _reported():
+            steps = progress.Progress.from_env(verbose)
+            client, ref, _ = _base(steps)
+            images.build_all(client, images.ImageNames(namespace, tag), ref, _version(), steps)
         env = {"CONSUL_LB_IMAGE_NAMESPACE": namespace, "CONSUL_LB_IMAGE_TAG": tag}
         c.run(f"{sys.executable} -m pytest tests/integration -q -rs{select}", env=env, pty=False)
 
 
-def _demo_env(namespace: str, tag: str, consul: str) -> dict[str, str]:
-    client = images.client()
-    names = images.ImageNames(namespace, tag)
-    env = {
-        "HAPROXY_IMAGE": names.ref("haproxy"),
-        "BACKEND_IMAGE": names.ref("consul-template"),
-        "HAPROXY_DOM": DEMO_DOMAIN,
-        "CONSUL_HTTP_ADDR": consul or "consul:8500",
-        "CONSUL_IMAGE": images.ensure_consul_image(client, images.ensure_debian_base(client)),
-    }
-    return env
-
-
-def _consul_put(base_url: str, path: str, body: dict[str, object]) -> None:
-    req = urllib.request.Request(f"{base_url}{path}", data=json.dumps(body).encode(), method="PUT")
-    with urllib.request.urlopen(req, timeout=5):
-        pass
-
-
-def _wait_http(url: str, timeout: float, host: str | None = None) -> bytes:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        req = urllib.request.Request(url, headers={"Host": host} if host else {})
-        try:
-            with urllib.request.urlopen(req, timeout=3) as resp:
-                body: bytes = resp.read()
-                return body
-        except (urllib.error.URLError, OSError) as exc:
-            last = exc
-            time.sleep(0.5)
-    raise Exit(f"error: {url} did not answer within {timeout:.0f}s ({last})", code=1)
-
-
 @task(
     help={
-        "down": "stop and remove the demo's containers",
-        "consul": "use this Consul (host:port reachable from the containers) instead of "
+        "down": "stop and remove the demo's containers (builds and pulls nothing)",
+        "consul": "HOST:PORT of a Consul reachable from the containers, used instead of "
         "starting the embedded dev-mode Consul",
-        "namespace": "namespace of the images to run",
-        "tag": "tag of the images to run",
-        "no_build": "do not (re)build the images first",
+        "namespace": f"NS: namespace of the images to run (default {DEFAULT_NAMESPACE})",
+        "tag": f"TAG: tag of the images to run (default {DEFAULT_TAG})",
+        "no_build": "run the images as they are (default: build them first)",
+        "verbose": VERBOSE,
     }
 )
 def demo(
@@ -190,53 +201,25 @@ def demo(
     namespace: str = DEFAULT_NAMESPACE,
     tag: str = DEFAULT_TAG,
     no_build: bool = False,
+    verbose: bool = False,
 ) -> None:
     """Run Consul (dev mode), the HAProxy image and two sample backends on this host."""
-    compose = f"docker compose -f {DEMO_DIR / 'compose.yaml'} --profile embedded-consul"
-    if down:
-        c.run(f"{compose} down --remove-orphans --timeout 5", env=_demo_env(namespace, tag, consul))
-        return
-    if not no_build:
-        base(c)
-        build(c, namespace=namespace, tag=tag)
-    env = _demo_env(namespace, tag, consul)
-    profile = compose if not consul else compose.replace(" --profile embedded-consul", "")
-    c.run(f"{profile} up -d --wait --remove-orphans", env=env, pty=False)
-    consul_url = "http://127.0.0.1:8500" if not consul else f"http://{consul}"
-    print(f"==> registering web-1 and web-2 as service 'web' in Consul at {consul_url}")
-    _wait_http(f"{consul_url}/v1/status/leader", 30)
-    for name in ("web-1", "web-2"):
-        _consul_put(
-            consul_url,
-            "/v1/agent/service/register",
-            {
-                "ID": name,
-                "Name": "web",
-                "Address": name,
-                "Port": 8000,
-                "Tags": ["HAPROXY.ENABLE=true"],
-                "Check": {"HTTP": f"http://{name}:8000/", "Interval": "2s"},
-            },
-        )
-    host = f"web.{DEMO_DOMAIN}"
-    body = _wait_http("http://127.0.0.1:8080/", 60, host=host)
-    print(f"==> HAProxy answers for {host}: {body.decode()[:200]}")
-    print("==> try it:")
-    print(f"    curl -H 'Host: {host}' http://127.0.0.1:8080/")
-    stats = "http://127.0.0.1:4444"
-    print("==> where to look (all on the stats port):")
-    print(f"    stats page:   {stats}/            (CSV: {stats}/;csv)")
-    print(f"    metrics:      {stats}/metrics     (Prometheus: the runtime's and HAProxy's)")
-    print(f"    state:        {stats}/_consul_lb/state   (published and skipped services)")
-    print(f"    config:       {stats}/_haproxy_getconfig (the haproxy.cfg HAProxy runs)")
-    print(f"    health:       {stats}/_haproxy_health_check")
-    print("    logs:         docker logs -f consul-lb-demo-haproxy-1")
-    print("==> stop it:      ./dev demo --down")
+    names = images.ImageNames(namespace, tag)
+    with _reported():
+        steps = progress.Progress.from_env(verbose)
+        if down:
+            demo_stack.down(names, steps)
+            return
+        client, ref, consul_image = _base(steps)
+        if not no_build:
+            images.build_all(client, names, ref, _version(), steps)
+        demo_stack.up(names, consul, consul_image, steps)
+    demo_stack.print_guide()
 
 
 @task(help={"all": "also remove the base and Consul images"})
 def clean(c: Context, all: bool = False) -> None:
-    """Remove build artefacts (the wheelhouse), and with --all the local base images."""
+    """Remove build/ (the wheelhouse and the logs), and with --all the local base images."""
     c.run(f"rm -rf {ROOT / 'build'}")
     if all:
         for ref in (images.LOCAL_BASE, images.LOCAL_CONSUL):
@@ -245,44 +228,58 @@ def clean(c: Context, all: bool = False) -> None:
 
 @task(
     help={
-        "marathon": "Marathon's base URL, e.g. http://marathon.example.org:8080 (required)",
-        "app_id": "Marathon app id (default /consul-lb/haproxy)",
-        "instances": "number of HAProxy instances (default: the shipped definition's)",
-        "namespace": "image namespace",
-        "tag": "image tag",
-        "strategy": "reload strategy: seamless (default) or syn-drop (adds NET_ADMIN)",
-        "domain": "HAPROXY_DOM for the instances (default: the shipped definition's)",
-        "consul_addr": "CONSUL_HTTP_ADDR for the instances (default 127.0.0.1:8500)",
+        "marathon": "URL: Marathon's base URL, e.g. http://marathon.example.org:8080 (required)",
+        "app_id": "ID: the Marathon app id (default /consul-lb/haproxy)",
+        "instances": "N: how many HAProxy instances, 0 or more (default: the shipped definition's)",
+        "namespace": f"NS: image namespace (default {DEFAULT_NAMESPACE})",
+        "tag": f"TAG: image tag (default {DEFAULT_TAG})",
+        "strategy": "S: reload strategy, seamless (default) or syn-drop (adds NET_ADMIN)",
+        "domain": "DOM: HAPROXY_DOM of the instances, a DNS name such as example.com "
+        "(default: the shipped definition's)",
+        "consul_addr": "HOST:PORT: CONSUL_HTTP_ADDR of the instances (default 127.0.0.1:8500)",
         "force": "replace a deployment of this app that is still in progress",
-        "timeout": "seconds to follow the deployment before giving up (default 600)",
-        "user": "HTTP basic auth USER:PASS (or MARATHON_USER/MARATHON_PASSWORD; "
+        "timeout": "SECONDS to follow the deployment before giving up (default 600)",
+        "user": "USER:PASS for HTTP basic auth (or MARATHON_USER/MARATHON_PASSWORD; "
         "MARATHON_TOKEN for a DC/OS token)",
     }
 )
 def deploy(
     c: Context,
-    marathon: str,
+    marathon: str = "",
     app_id: str = "",
-    instances: int = 0,
+    instances: str = "",
     namespace: str = DEFAULT_NAMESPACE,
     tag: str = DEFAULT_TAG,
     strategy: str = "seamless",
     domain: str = "",
     consul_addr: str = "",
     force: bool = False,
-    timeout: float = 600.0,
+    timeout: str = "600",
     user: str = "",
 ) -> None:
     """Render and validate the Marathon app definition, PUT it, follow the deployment."""
     from devtools import marathon as mt
 
+    if not marathon:
+        raise Exit(
+            "error: deploy needs Marathon's base URL: invoke deploy --marathon URL, e.g. "
+            "--marathon http://marathon.example.org:8080 (invoke --help deploy shows all options)",
+            code=1,
+        )
+    # "" (not 0) means the shipped definition's count: 0 instances is a real request.
+    count = int(_number("instances", instances, int, 0)) if instances else None
+    seconds = _number("timeout", timeout, float, 0)
+    try:
+        dom = mt.domain_name(domain) if domain else None
+    except ValueError as exc:
+        raise Exit(f"error: --domain: {exc}", code=1) from None
     try:
         app = mt.render_app(
             app_id=app_id or mt.DEFAULT_APP_ID,
-            instances=instances or int(mt.load_app()["instances"]),
+            instances=count,
             image=mt.image_reference(namespace, tag),
             strategy=strategy,
-            domain=domain or None,
+            domain=dom,
             consul_addr=consul_addr or None,
         )
         mt.validate_app(app)
@@ -291,7 +288,7 @@ def deploy(
             marathon_url=marathon,
             app=app,
             force=force,
-            timeout=timeout,
+            timeout=seconds,
             poll_interval=2.0,
             auth=auth,
             token=token,
@@ -304,37 +301,49 @@ def deploy(
 BENCHES = ("reload", "render", "converge")
 
 
-@task(
-    help={
-        "name": f"which benchmark: {', '.join(BENCHES)}",
-        "duration": "reload: seconds under load per strategy and mode (default 30)",
-        "interval": "reload: seconds between two reloads (default 0.1)",
-        "strategies": "reload: comma-separated subset of none,naive,syn-drop,seamless",
-        "rounds": "converge: registrations to time (default 100)",
-        "namespace": "namespace of the images to measure",
-        "tag": "tag of the images to measure",
-    }
-)
+BENCH_HELP = {
+    "name": f"NAME: which benchmark, one of {', '.join(BENCHES)} (the first argument)",
+    "duration": "SECONDS under load per strategy and mode, for reload (default 30)",
+    "interval": "SECONDS between two reloads, for reload (default 0.1)",
+    "strategies": "LIST: comma-separated subset of none,naive,syn-drop,seamless, for reload",
+    "rounds": "N registrations to time, for converge (default 100)",
+    "namespace": f"NS: namespace of the images to measure (default {DEFAULT_NAMESPACE})",
+    "tag": f"TAG: tag of the images to measure (default {DEFAULT_TAG})",
+}
+
+
+@task(help=BENCH_HELP)
 def bench(
     c: Context,
     name: str,
-    duration: float = 30.0,
-    interval: float = 0.1,
+    duration: str = "30",
+    interval: str = "0.1",
     strategies: str = "none,naive,syn-drop,seamless",
-    rounds: int = 100,
+    rounds: str = "100",
     namespace: str = DEFAULT_NAMESPACE,
     tag: str = DEFAULT_TAG,
 ) -> None:
     """Run a benchmark (reload, render, converge) against the built images and print a table."""
+    if name in ("-h", "--help"):
+        # Invoke gives a --help right after the task to its first argument, NAME. Its parser
+        # has used up the task's help texts by now: show them from a new copy of the task.
+        fresh = Collection(task(bench.body, help=BENCH_HELP))
+        Program(namespace=fresh, binary="inv[oke]").run(["inv[oke]", "--help", "bench"])
+        return
     names = images.ImageNames(namespace, tag)
     if name == "reload":
         from devtools import bench_reload
 
-        bench_reload.main(names, duration, interval, tuple(strategies.split(",")))
+        bench_reload.main(
+            names,
+            _number("duration", duration, float, 1),
+            _number("interval", interval, float, 0.001),
+            tuple(strategies.split(",")),
+        )
     elif name == "converge":
         from devtools import bench_converge
 
-        bench_converge.main(names, rounds)
+        bench_converge.main(names, int(_number("rounds", rounds, int, 1)))
     elif name == "render":
         from devtools import bench_render
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import platform
+import re
 import subprocess
 import sys
 import tempfile
-import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,17 +21,20 @@ from typing import Any
 import docker
 import docker.errors
 
+from devtools import mirrors, wheelhouse
+from devtools.progress import Progress, Step
+
 ROOT = Path(__file__).resolve().parent.parent
 OFFICIAL_BASE = "debian:trixie-slim"
 # A local name that cannot be mistaken for the official image.
 LOCAL_BASE = "consul-lb-local/debian:trixie-mmdebstrap"
 DEFAULT_CONSUL_IMAGE = "hashicorp/consul:1.20"
 LOCAL_CONSUL = "consul-lb-local/consul:1.8.7-debian"
-# trixie's python3, which the base image runs the runtime with.
-IMAGE_PYTHON = "3.13"
 SOURCE_URL = "https://github.com/consul-lb/consul-lb"
+# The legacy builder's line for each Dockerfile instruction: "Step 3/9 : RUN ...".
+BUILD_STEP = re.compile(r"^Step (\d+)/(\d+) :")
 
-Progress = Callable[[str], None]
+Show = Callable[[str], None]
 
 
 class ImageError(RuntimeError):
@@ -60,40 +62,71 @@ def image_exists(c: docker.DockerClient, ref: str) -> bool:
     return True
 
 
-def try_pull(c: docker.DockerClient, ref: str) -> bool:
+def try_pull(c: docker.DockerClient, ref: str, show: Show = say) -> bool:
     """Pull ``ref``; False (not an exception) when no registry can serve it."""
     repo, _, tag = ref.rpartition(":") if ":" in ref.split("/")[-1] else (ref, "", "latest")
     try:
         c.images.pull(repo, tag=tag)
     except docker.errors.APIError as exc:
-        say(f"cannot pull {ref}: {exc.explanation or exc}")
+        show(f"cannot pull {ref}: {exc.explanation or exc}")
         return False
     return True
 
 
-def ensure_debian_base(c: docker.DockerClient, wanted: str = OFFICIAL_BASE) -> str:
+def present_or_pulled(c: docker.DockerClient, ref: str, step: Step) -> bool:
+    """Whether ``ref`` is here, or could be pulled; the step's line says which."""
+    if image_exists(c, ref):
+        step.done = f"{ref} (present)"
+    elif try_pull(c, ref, step.output):
+        step.done = f"{ref} (pulled)"
+    else:
+        return False
+    return True
+
+
+def ensure_debian_base(
+    c: docker.DockerClient, wanted: str = OFFICIAL_BASE, steps: Progress | None = None
+) -> str:
     """Return a Debian trixie image reference to build FROM."""
-    if image_exists(c, wanted):
-        say(f"base image: {wanted} (present)")
-        return wanted
-    if wanted != OFFICIAL_BASE:
-        if try_pull(c, wanted):
+    with (steps or Progress.from_env()).step("Debian trixie base image") as step:
+        if present_or_pulled(c, wanted, step):
             return wanted
-        raise ImageError(f"base image {wanted} is neither present nor pullable")
-    if try_pull(c, wanted):
-        say(f"base image: {wanted} (pulled)")
-        return wanted
-    if image_exists(c, LOCAL_BASE):
-        say(f"base image: {LOCAL_BASE} (bootstrapped earlier with mmdebstrap)")
+        if wanted != OFFICIAL_BASE:
+            raise ImageError(f"base image {wanted} is neither present nor pullable")
+        if image_exists(c, LOCAL_BASE):
+            step.done = f"{LOCAL_BASE} (bootstrapped earlier with mmdebstrap)"
+            return LOCAL_BASE
+        bootstrap_base(c, LOCAL_BASE, step)
         return LOCAL_BASE
-    say(f"{wanted} unavailable: bootstrapping Debian trixie with mmdebstrap as {LOCAL_BASE}")
+
+
+def apt_mirrors(step: Step) -> mirrors.Mirrors:
+    """Where apt gets packages in this step; if the step fails, it says what to set."""
+    found = mirrors.resolve()
+    step.hint = found.advice()
+    step.output(found.describe())
+    return found
+
+
+def bootstrap_base(c: docker.DockerClient, ref: str, step: Step) -> None:
+    """Debian trixie from the mirror in use, bootstrapped with mmdebstrap, as ``ref``."""
+    found = apt_mirrors(step)
+    mirror = mirrors.redact(found.debian.value)
+    step.status(f"mmdebstrap from {mirror}")
     with tempfile.TemporaryDirectory() as tmp:
         tar = Path(tmp) / "rootfs.tar"
-        run_checked(
-            ["mmdebstrap", "--variant=minbase", "--quiet", "trixie", str(tar)],
-            "mmdebstrap",
+        step.run(
+            [
+                "mmdebstrap",
+                "--variant=minbase",
+                "trixie",
+                str(tar),
+                *found.mmdebstrap_args("trixie"),
+            ],
+            env=found.proxy_env(),
         )
-        repo, tag = LOCAL_BASE.rsplit(":", 1)
+        step.status("docker import")
+        repo, tag = ref.rsplit(":", 1)
         with tar.open("rb") as fh:
             c.api.import_image_from_data(
                 fh.read(),
@@ -101,8 +134,7 @@ def ensure_debian_base(c: docker.DockerClient, wanted: str = OFFICIAL_BASE) -> s
                 tag=tag,
                 changes=['CMD ["bash"]', "LABEL org.opencontainers.image.base.name=debian:trixie"],
             )
-    say(f"base image: {LOCAL_BASE} (imported)")
-    return LOCAL_BASE
+    step.done = f"{ref} (bootstrapped with mmdebstrap from {mirror})"
 
 
 def consul_dev_command(*extra: str) -> list[str]:
@@ -112,21 +144,24 @@ def consul_dev_command(*extra: str) -> list[str]:
     return ["consul", "agent", "-dev", "-client", "0.0.0.0", "-log-level", "warn", *extra]
 
 
-def ensure_consul_image(c: docker.DockerClient, base: str) -> str:
+def ensure_consul_image(c: docker.DockerClient, base: str, steps: Progress | None = None) -> str:
     """The Consul image for the demo and the tests: ``CONSUL_IMAGE`` if pullable, else local."""
     wanted = os.environ.get("CONSUL_IMAGE", DEFAULT_CONSUL_IMAGE)
-    if image_exists(c, wanted):
-        say(f"consul image: {wanted} (present)")
-        return wanted
-    if try_pull(c, wanted):
-        say(f"consul image: {wanted} (pulled)")
-        return wanted
-    if image_exists(c, LOCAL_CONSUL):
-        say(f"consul image: {LOCAL_CONSUL} (built earlier from Debian's consul package)")
+    with (steps or Progress.from_env()).step("Consul image") as step:
+        if present_or_pulled(c, wanted, step):
+            return wanted
+        if image_exists(c, LOCAL_CONSUL):
+            step.done = f"{LOCAL_CONSUL} (built earlier from Debian's consul package)"
+            return LOCAL_CONSUL
+        build_consul_image(c, LOCAL_CONSUL, base, step)
+        step.done = f"{LOCAL_CONSUL} from Debian bullseye's consul package: {step.done}"
         return LOCAL_CONSUL
-    say(f"{wanted} unavailable: building {LOCAL_CONSUL} from Debian bullseye's consul package")
-    build(c, ROOT / "images" / "consul", LOCAL_CONSUL, {"BASE_IMAGE": base}, labels={})
-    return LOCAL_CONSUL
+
+
+def build_consul_image(c: docker.DockerClient, ref: str, base: str, step: Step) -> str:
+    """Consul from Debian bullseye's package (Consul 1.8.7), FROM ``base``."""
+    args = {"BASE_IMAGE": base, **apt_mirrors(step).build_args()}
+    return build(c, ROOT / "images" / "consul", ref, args, {}, step)
 
 
 def present_consul_image(c: docker.DockerClient) -> str:
@@ -151,13 +186,6 @@ def container_ip(container: Any, network: str | None = None) -> str:
     container.reload()
     networks = container.attrs["NetworkSettings"]["Networks"]
     return str((networks[network] if network else next(iter(networks.values())))["IPAddress"])
-
-
-def run_checked(cmd: list[str], what: str) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        raise ImageError(f"{what} failed (exit {proc.returncode}): " + " | ".join(tail))
 
 
 @dataclass(frozen=True)
@@ -193,66 +221,36 @@ def oci_labels(version: str, base: str) -> dict[str, str]:
     }
 
 
-def build_wheelhouse(dest: Path, python_version: str = IMAGE_PYTHON) -> None:
-    """Wheels of the runtime and its dependencies for the image's Python, made on the host
-    (PyPI is reachable here, not necessarily from inside a build)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for old in dest.glob("*.whl"):
-        old.unlink()
-    pip = [sys.executable, "-m", "pip", "--quiet", "--disable-pip-version-check"]
-    run_checked(
-        [*pip, "wheel", "--no-deps", "--wheel-dir", str(dest), str(ROOT)],
-        "building the runtime's wheel",
-    )
-    machine = platform.machine()
-    deps = [str(d) for d in runtime_dependencies()]
-    run_checked(
-        [
-            *pip,
-            "download",
-            "--dest",
-            str(dest),
-            "--only-binary=:all:",
-            "--python-version",
-            python_version,
-            "--implementation",
-            "cp",
-            "--platform",
-            f"manylinux2014_{machine}",
-            "--platform",
-            f"manylinux_2_28_{machine}",
-            *deps,
-        ],
-        f"downloading wheels for Python {python_version}",
-    )
-
-
-def runtime_dependencies() -> list[str]:
-    with (ROOT / "pyproject.toml").open("rb") as fh:
-        deps: list[str] = tomllib.load(fh)["project"]["dependencies"]
-    return deps
-
-
-def stream_build_log(chunks: Iterable[Mapping[str, Any]], show: Progress) -> str | None:
-    """Print the build's own output; return the image ID, raise with the failing step's line."""
+def stream_build_log(chunks: Iterable[Mapping[str, Any]], show: Show) -> str | None:
+    """Show the build's output line by line; return the image ID, raise with the failing
+    step's error and its last lines."""
     image_id: str | None = None
     last_lines: list[str] = []
+    pending = ""  # Docker's chunks do not end at line ends (stderr comes in pieces)
+
+    def emit(line: str) -> None:
+        nonlocal last_lines
+        show(line)
+        if line.strip():
+            last_lines = [*last_lines[-9:], line.strip()]
+
     for chunk in chunks:
         if "error" in chunk:
+            if pending:
+                emit(pending)
             detail = chunk.get("errorDetail", {}).get("message") or chunk["error"]
-            context = " | ".join(line for line in last_lines[-3:] if line)
+            context = " | ".join(last_lines[-3:])
             raise ImageError(
                 f"{detail.strip()}" + (f"\n  last output: {context}" if context else "")
             )
-        text = chunk.get("stream")
-        if text:
-            for line in text.rstrip("\n").splitlines():
-                show(line)
-                last_lines.append(line.strip())
-                last_lines = last_lines[-10:]
+        *lines, pending = (pending + chunk.get("stream", "")).split("\n")
+        for line in lines:
+            emit(line)
         aux = chunk.get("aux")
         if isinstance(aux, dict) and "ID" in aux:
             image_id = str(aux["ID"])
+    if pending:
+        emit(pending)
     return image_id
 
 
@@ -262,10 +260,11 @@ def build(
     ref: str,
     buildargs: dict[str, str],
     labels: dict[str, str],
+    step: Step,
     extra_tags: Iterable[str] = (),
-    show: Progress = say,
 ) -> str:
-    say(f"==> building {ref} from {context.relative_to(ROOT)}")
+    """Build ``context``'s Dockerfile as ``ref``; the step shows Docker's step count."""
+    step.output(f"building {ref} from {context.relative_to(ROOT)}")
     chunks = c.api.build(
         path=str(ROOT),
         dockerfile=str((context / "Dockerfile").relative_to(ROOT)),
@@ -277,43 +276,72 @@ def build(
         decode=True,
         network_mode="host",
     )
-    image_id = stream_build_log(chunks, show)
+    at = total = "?"
+
+    def show(line: str) -> None:
+        nonlocal at, total
+        step.output(line)
+        match = BUILD_STEP.match(line)
+        if match:
+            at, total = match[1], match[2]
+            step.status(f"step {at}/{total}")
+
+    try:
+        image_id = stream_build_log(chunks, show)
+    except ImageError as exc:
+        # Docker's message repeats the whole RUN line; the step's last lines show it.
+        code = re.search(r"returned a non-zero code: \d+", str(exc))
+        what = code[0] if code else str(exc).splitlines()[0][:200]
+        dockerfile = (context / "Dockerfile").relative_to(ROOT)
+        raise ImageError(f"step {at}/{total} of {dockerfile} {what}") from exc
     if image_id is None:
         image_id = c.images.get(ref).id
     for extra in extra_tags:
         repo, tag = extra.rsplit(":", 1)
         c.api.tag(image_id, repo, tag)
-    say(f"==> built {ref} ({image_id[:19]})")
+    step.done = f"built in {total} steps ({image_id[:19]})"
     return image_id
 
 
-def build_all(c: docker.DockerClient, names: ImageNames, base: str, version: str) -> None:
-    build_wheelhouse(ROOT / "build" / "wheelhouse")
+def build_all(
+    c: docker.DockerClient,
+    names: ImageNames,
+    base: str,
+    version: str,
+    steps: Progress | None = None,
+) -> None:
+    steps = steps or Progress.from_env()
+    with steps.step("wheelhouse: the runtime and its dependencies") as step:
+        wheelhouse.build(step)
     labels = oci_labels(version, base)
     ct = names.ref("consul-template")
-    build(
-        c,
-        ROOT / "images" / "consul-template",
-        ct,
-        {"BASE_IMAGE": base},
-        {**labels, "org.opencontainers.image.title": "consul-template"},
-        names.tags("consul-template")[1:],
-    )
-    build(
-        c,
-        ROOT / "images" / "haproxy",
-        names.ref("haproxy"),
-        {"BASE_IMAGE": ct},
-        {
-            **labels,
-            "org.opencontainers.image.title": "haproxy",
-            "org.opencontainers.image.base.name": ct,
-        },
-        names.tags("haproxy")[1:],
-    )
+    with steps.step(f"building {ct}") as step:
+        build(
+            c,
+            ROOT / "images" / "consul-template",
+            ct,
+            {"BASE_IMAGE": base, **apt_mirrors(step).build_args()},
+            {**labels, "org.opencontainers.image.title": "consul-template"},
+            step,
+            names.tags("consul-template")[1:],
+        )
+    with steps.step(f"building {names.ref('haproxy')}") as step:
+        build(
+            c,
+            ROOT / "images" / "haproxy",
+            names.ref("haproxy"),
+            {"BASE_IMAGE": ct, **apt_mirrors(step).build_args()},
+            {
+                **labels,
+                "org.opencontainers.image.title": "haproxy",
+                "org.opencontainers.image.base.name": ct,
+            },
+            step,
+            names.tags("haproxy")[1:],
+        )
 
 
-def push_progress(lines: Iterator[Mapping[str, Any]], show: Progress) -> str:
+def push_progress(lines: Iterator[Mapping[str, Any]], show: Show) -> str:
     """Follow a push stream; return the pushed digest or raise with the registry's message."""
     digest = ""
     seen: dict[str, str] = {}
@@ -334,7 +362,7 @@ def push_progress(lines: Iterator[Mapping[str, Any]], show: Progress) -> str:
     return digest
 
 
-def push(c: docker.DockerClient, local_ref: str, remote_ref: str, show: Progress = say) -> str:
+def push(c: docker.DockerClient, local_ref: str, remote_ref: str, show: Show = say) -> str:
     repo, tag = remote_ref.rsplit(":", 1)
     tagged_here = remote_ref != local_ref and not image_exists(c, remote_ref)
     if remote_ref != local_ref:

@@ -39,6 +39,10 @@ NET_ADMIN = {"key": "cap-add", "value": "NET_ADMIN"}
 
 # Per-request limit, so one hung HTTP call cannot outlast the whole --timeout.
 HTTP_TIMEOUT = 10.0
+# The runtime's rule for HAPROXY_DOM, mirrored here so that a deploy never ships a domain
+# that every instance would refuse at start (exit 2): runtime/consul_lb/settings.py,
+# `_domain` and `is_dns_name`. The runtime's is the reference; keep the two in step.
+DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 
 
 class AppDefinitionError(ValueError):
@@ -69,13 +73,23 @@ def load_schema() -> dict[str, Any]:
     return schema
 
 
+def domain_name(raw: str) -> str:
+    """``raw`` as the runtime reads HAPROXY_DOM (trimmed, no final dot, lower-cased), if it
+    is a DNS name of at most 253 characters whose labels are [a-z0-9-] and neither start
+    nor end with '-'; else ValueError."""
+    value = raw.strip().rstrip(".").lower()
+    if not (0 < len(value) <= 253 and all(DNS_LABEL.match(part) for part in value.split("."))):
+        raise ValueError(f"expected a DNS name such as example.com, got {raw!r}")
+    return value
+
+
 # --------------------------------------------------------------------------- render
 
 
 def render_app(
     *,
     app_id: str,
-    instances: int,
+    instances: int | None,
     image: str,
     strategy: str,
     domain: str | None = None,
@@ -84,7 +98,8 @@ def render_app(
 ) -> dict[str, Any]:
     """Return the shipped definition with the deploy-time values filled in.
 
-    It does not validate. Call `validate_app` on the result.
+    ``instances`` None keeps the definition's count (0 is a count). It does not validate:
+    call `validate_app` on the result.
     """
     if strategy not in STRATEGIES:
         raise ValueError(
@@ -92,7 +107,10 @@ def render_app(
         )
     app = load_app(base)
     app["id"] = app_id
-    app["instances"] = instances
+    if instances is not None:
+        if instances < 0:
+            raise ValueError(f"instances: expected 0 or more, got {instances}")
+        app["instances"] = instances
     docker = app.setdefault("container", {}).setdefault("docker", {})
     docker["image"] = image
     # Take out any cap-add=NET_ADMIN, then put it back only for syn-drop. The default
@@ -174,6 +192,11 @@ def _project_errors(app: Mapping[str, Any]) -> list[str]:
     dom = env.get("HAPROXY_DOM")
     if not isinstance(dom, str) or not dom.strip():
         errors.append("env.HAPROXY_DOM: required (the domain HAProxy routes Host headers for)")
+    else:
+        try:
+            domain_name(dom)
+        except ValueError as exc:
+            errors.append(f"env.HAPROXY_DOM: {exc} (the runtime would refuse to start)")
     strategy = env.get("HAPROXY_RELOAD_STRATEGY", "seamless")
     if strategy not in STRATEGIES:
         errors.append(f"env.HAPROXY_RELOAD_STRATEGY: {strategy!r} is not one of {list(STRATEGIES)}")

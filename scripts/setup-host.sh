@@ -5,31 +5,46 @@
 #    Debian's docker-registry (push tests), python3-venv, curl.
 #  - a running Docker engine (an existing one is used as it is);
 #  - the project's virtualenv in .venv with the project and its dev extra installed.
-# Idempotent and quiet when there is nothing to do.
+# Idempotent and quiet when there is nothing to do. Each step is one progress line; its
+# output goes to the log file (build/logs/), shown when it fails (devtools/progress.py).
+# Packages come from the mirror devtools/mirrors.py decides (the host's own, unless
+# DEBIAN_MIRROR says otherwise); APT_PROXY is passed to apt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { printf '[setup] %s\n' "$*" >&2; }
+# step TITLE HINT COMMAND...: run COMMAND as one step of devtools/progress.py.
+step() { python3 -m devtools.progress --title "$1" --hint "$2" -- "${@:3}"; }
 
 if [ "$(id -u)" != 0 ]; then
   log "needs root (installs Debian packages and starts dockerd)"; exit 1
 fi
 
 export DEBIAN_FRONTEND=noninteractive
+apt_hint=$(python3 -m devtools.mirrors advice 2>&1 || true)
+APT_OPTIONS=$(python3 -m devtools.mirrors apt-options)
+export APT_OPTIONS
 apt_updated=""
+# Run by a step (in a child bash, hence exported): update once, then install.
 apt_install() {
-  if [ -z "$apt_updated" ]; then apt-get update -qq; apt_updated=1; fi
-  apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  # shellcheck disable=SC2086 # one word per option, none with spaces
+  if [ -z "${APT_UPDATED:-}" ]; then apt-get $APT_OPTIONS update; fi
+  # shellcheck disable=SC2086
+  apt-get $APT_OPTIONS install -y --no-install-recommends "$@"
 }
+export -f apt_install
 
 # Trixie's Compose v2 (a static Go binary) runs on bookworm; pin trixie low so that only
-# packages asked for by name come from it.
+# packages asked for by name come from it. The source follows the mirror in use.
 codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
-if [ "$codename" = bookworm ] && [ ! -f /etc/apt/sources.list.d/trixie-compose.list ]; then
-  log "adding a pinned trixie apt source for docker-compose v2"
-  echo "deb http://deb.debian.org/debian trixie main" > /etc/apt/sources.list.d/trixie-compose.list
-  printf 'Package: *\nPin: release n=trixie\nPin-Priority: 100\n' > /etc/apt/preferences.d/trixie-compose
-  apt_updated=""
+trixie_list=/etc/apt/sources.list.d/trixie-compose.list
+if [ "$codename" = bookworm ]; then
+  mirror=$(python3 -m devtools.mirrors debian)
+  if [ "$(cat "$trixie_list" 2>/dev/null)" != "deb $mirror trixie main" ]; then
+    log "pinned trixie apt source for docker-compose v2: $mirror"
+    echo "deb $mirror trixie main" > "$trixie_list"
+    printf 'Package: *\nPin: release n=trixie\nPin-Priority: 100\n' > /etc/apt/preferences.d/trixie-compose
+  fi
 fi
 
 missing=()
@@ -40,35 +55,44 @@ command -v curl >/dev/null || missing+=(curl)
 command -v iptables >/dev/null || missing+=(iptables)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
-  log "installing Debian packages: ${missing[*]}"
   # No init system here: keep package scripts from trying to start services.
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d
-  apt_install "${missing[@]}"
+  APT_UPDATED=$apt_updated step "installing host packages: ${missing[*]}" "$apt_hint" \
+    bash -c 'apt_install "$@"' apt_install "${missing[@]}"
   rm -f /usr/sbin/policy-rc.d
+  apt_updated=1
 fi
 if ! docker compose version >/dev/null 2>&1; then
-  log "installing Compose v2 (docker-compose from trixie)"
-  apt_install -t trixie docker-compose
+  APT_UPDATED=$apt_updated step "installing Compose v2 (docker-compose from trixie)" "$apt_hint" \
+    bash -c 'apt_install -t trixie docker-compose'
 fi
 
-if ! docker info >/dev/null 2>&1; then
-  log "starting dockerd (log: /var/log/dockerd.log)"
+start_dockerd() {
+  echo "dockerd's own log: /var/log/dockerd.log"
   setsid dockerd >/var/log/dockerd.log 2>&1 < /dev/null &
   for _ in $(seq 1 60); do
-    docker info >/dev/null 2>&1 && break
+    docker info >/dev/null 2>&1 && return 0
     sleep 1
   done
-  docker info >/dev/null 2>&1 || { log "dockerd did not start; see /var/log/dockerd.log"; tail -n 20 /var/log/dockerd.log >&2; exit 1; }
+  tail -n 20 /var/log/dockerd.log
+  return 1
+}
+export -f start_dockerd
+if ! docker info >/dev/null 2>&1; then
+  step "starting the Docker engine" "read /var/log/dockerd.log; a dockerd already running \
+but not answering may need stopping first" bash -c start_dockerd
 fi
 
 # Reinstall the project into the venv only when its metadata changed.
 stamp=.venv/.installed-pyproject
 if [ ! -x .venv/bin/python ]; then
-  log "creating .venv"
-  python3 -m venv .venv
+  step "creating the virtualenv .venv" "check that python3-venv is installed" python3 -m venv .venv
 fi
 if [ ! -f "$stamp" ] || ! cmp -s pyproject.toml "$stamp"; then
-  log "installing the project and its dev extra into .venv"
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+  step "installing the project and its dev extra into .venv" \
+    "pip uses its own configuration: set PIP_INDEX_URL (or see pip config list) if it cannot \
+reach its package index" \
+    .venv/bin/pip install --disable-pip-version-check --progress-bar off -e '.[dev]'
   cp pyproject.toml "$stamp"
 fi
