@@ -2,7 +2,8 @@
 # Makes this Debian machine ready to build and test the project:
 #  - Debian packages: Docker engine (docker.io), mmdebstrap (base image without a
 #    registry), Compose v2 (trixie's Go docker-compose, pinned: bookworm only has 1.29),
-#    Debian's docker-registry (push tests), python3-venv, curl.
+#    Debian's docker-registry (push tests), haproxy (the fast tests run a real one),
+#    python3-venv, curl.
 #  - a running Docker engine (an existing one is used as it is);
 #  - the project's virtualenv in .venv with the project and its dev extra installed.
 # Idempotent and quiet when there is nothing to do. Each step is one progress line; its
@@ -53,6 +54,8 @@ command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
 command -v docker-registry >/dev/null || missing+=(docker-registry)
 command -v curl >/dev/null || missing+=(curl)
 command -v iptables >/dev/null || missing+=(iptables)
+# The fast tests run a real HAProxy (the runtime API, server state, reloads).
+command -v haproxy >/dev/null || missing+=(haproxy)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   # No init system here: keep package scripts from trying to start services.
