@@ -11,6 +11,11 @@ cost, spread over the workers.
 The container has no network (``--network none``): server addresses that are host
 names are resolved by ``haproxy -c`` (``init-addr last,libc,none``), and without a
 network that fails at once instead of waiting for a DNS timeout.
+
+A rendered haproxy.cfg names its maps by absolute path in the live directory
+(``<state dir>/live/hosts.map``); pass that directory as ``live`` and its references are
+pointed at the scratch directory, as ``consul_lb.haproxy.files.check`` does, so that
+the maps checked are the ones submitted.
 """
 
 from __future__ import annotations
@@ -49,11 +54,14 @@ def send(obj):
 
 def check(req):
     tmp = tempfile.mkdtemp(prefix="check-")
+    live = req.get("live")
     try:
         for name, text in req["files"].items():
             # Names are chosen by the host side; refuse anything that is not a plain name.
             if "/" in name or name in ("", ".", ".."):
                 raise ValueError("bad file name %r" % name)
+            if live and name == "haproxy.cfg":
+                text = text.replace(live.rstrip("/") + "/", tmp + "/")
             with open(os.path.join(tmp, name), "w", encoding="utf-8",
                       errors="surrogateescape") as fh:
                 fh.write(text)
@@ -187,20 +195,33 @@ class HaproxyChecker:
         for future in pending.values():
             future.set_exception(RuntimeError("the haproxy checker exited"))
 
-    def submit(self, files: Mapping[str, str]) -> Future[CheckResult]:
-        """Queue ``files`` (name -> text, ``haproxy.cfg`` among them) for ``haproxy -c``."""
+    def submit(
+        self, files: Mapping[str, str], live: str | os.PathLike[str] | None = None
+    ) -> Future[CheckResult]:
+        """Queue ``files`` (name -> text, ``haproxy.cfg`` among them) for ``haproxy -c``;
+        ``live``: the directory haproxy.cfg expects them in (see the module's doc)."""
         assert self.proc is not None and self.proc.stdin is not None
         future: Future[CheckResult] = Future()
         request_id = next(self._ids)
+        request = {
+            "id": request_id,
+            "files": dict(files),
+            "live": os.fspath(live) if live else None,
+        }
         with self._lock:
             self._pending[request_id] = future
             self.submitted += 1
-            self.proc.stdin.write(_frame({"id": request_id, "files": dict(files)}))
+            self.proc.stdin.write(_frame(request))
             self.proc.stdin.flush()
         return future
 
-    def check(self, files: Mapping[str, str], timeout: float = 120.0) -> CheckResult:
-        return self.submit(files).result(timeout=timeout)
+    def check(
+        self,
+        files: Mapping[str, str],
+        timeout: float = 120.0,
+        live: str | os.PathLike[str] | None = None,
+    ) -> CheckResult:
+        return self.submit(files, live).result(timeout=timeout)
 
     def close(self) -> None:
         if self.proc is not None:

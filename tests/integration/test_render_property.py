@@ -1,49 +1,55 @@
 """Hostile catalogs through the model and the renderer, every result checked with the
 HAProxy of the project's image.
 
-Each generated catalog mixes clean services with hostile ones: names that are not DNS
+Tags are read per instance (README, "Service tags"), so each generated instance carries
+its own: instances of one service that disagree on protocol, balance or frontend port
+(a rolling deploy), instances without ``HAPROXY.ENABLE=true``, each instance with its own
+``HAPROXY.BACKEND.MAXCONN`` or none, instances that pass, warn or fail their checks, each
+registered at its own Consul ``CreateIndex``; some examples also say which tcp ports the
+running load balancer holds. Next to clean services, hostile ones: names that are not DNS
 labels, tag values with whitespace, newlines, ``#``, quotes, backslashes, control and
 non-ASCII characters or thousands of characters, unknown ``HAPROXY.*`` tags, duplicate
 and conflicting tags, ports out of range, and instances with hostile addresses, IDs and
 nodes. Three things are checked for every example:
 
-1. entitlement, against an oracle written here from the contract (README, "Service
-   tags") rather than from runtime/consul_lb/model/tags.py: exactly the services whose tags are all
-   valid, whose name is a DNS label and whose tcp port is free are published, with the
-   options their tags ask for, and exactly their instances with a valid address and
-   port become servers;
+1. entitlement, against an oracle written here from the README's contract rather than
+   from runtime/consul_lb/model/ (it imports data types only): which services are
+   published, skipped or ignored, the shape of each backend (from the most recently
+   registered passing instance, or while none passes the most recently registered one),
+   the tcp ports (held ports stay with their holder, then the earliest registered
+   service wins), and exactly which instances become servers, each with its own maxconn;
 2. the rendered text says what the model says and nothing else: every section and line
-   is one of the template's shapes with the model's values, the fixed sections are
-   byte-identical to those of an empty catalog, and no hostile string (all of them
-   carry the marker ``EVIL!``, which no valid value can contain) appears anywhere;
-3. ``haproxy -c`` of the image accepts the files (run in parallel in one long-lived
-   container while hypothesis generates the next examples, and collected at the end).
+   is one of the templates' shapes with the model's values, the fixed sections are
+   byte-identical to those of an empty catalog, the renderer's per-backend cache changes
+   nothing (a fresh renderer gives the same bytes), the Host map holds each http host in
+   both forms, and no hostile string (all of them carry the marker ``EVIL!``, which no
+   valid value can contain) appears in any file;
+3. ``haproxy -c`` of the image accepts the files (each distinct rendering once, run in
+   parallel in one long-lived container while hypothesis generates the next examples,
+   and collected at the end).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
+import itertools
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import jinja2
 import pytest
 from consul_lb import model
-from consul_lb.consul.catalog import Catalog, Instance
+from consul_lb.consul.catalog import CRITICAL, PASSING, WARNING, Catalog, Instance
 from consul_lb.haproxy.files import Paths
 from consul_lb.haproxy.limits import Limits, fit
-from consul_lb.render import (
-    HAPROXY_TEMPLATE,
-    TEMPLATE_DIRS,
-    HaproxyFiles,
-    environment,
-    render_haproxy,
-)
+from consul_lb.render import BACKEND_TEMPLATE, HAPROXY_TEMPLATE, HaproxyFiles, Renderer
 from consul_lb.settings import from_env
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -56,15 +62,20 @@ EXAMPLES = 1000
 DOMAIN = "example.com"
 SETTINGS = from_env({"HAPROXY_DOM": DOMAIN})
 PATHS = Paths(Path("/var/lib/consul-lb")).template_paths()
-ENV = environment(TEMPLATE_DIRS)
 # Every hostile string contains this. '!' is valid in no field (DNS label, tag value,
 # address, server name), so a hostile string can never become valid by accident, and
 # the marker's absence from the output proves that no hostile string got through.
 MARK = "EVIL!"
+ENABLE = "HAPROXY.ENABLE=true"
 
-# A service: (name, tags, instances); an instance: (node, service_id, address, port).
-InstanceSpec = tuple[str, str, str, int]
-ServiceSpec = tuple[str, list[str], list[InstanceSpec]]
+
+@dataclass(frozen=True)
+class Scenario:
+    """A catalog as the watcher reads it (service name -> its instances, each with its
+    own tags), and the tcp ports the running load balancer holds (port -> service)."""
+
+    services: dict[str, list[Instance]]
+    held: dict[int, str] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- strategies
@@ -234,12 +245,13 @@ FOREIGN_TAGS = st.one_of(
 
 
 @st.composite
-def service_tags(draw: st.DrawFn, clean: bool = False) -> list[str]:
-    """Tags of a service; ``clean``: valid, enabled and without conflicts (which still
-    leaves room for a taken tcp port)."""
+def instance_tags(draw: st.DrawFn, clean: bool = False) -> list[str]:
+    """Tags of one instance; ``clean``: enabled and without malformed or conflicting tags
+    (which still leaves room for a tcp service without a port, an HTTP-only balance in
+    tcp mode, or a taken tcp port)."""
     tags: list[str] = []
     if clean:
-        tags.append("HAPROXY.ENABLE=true")
+        tags.append(ENABLE)
     elif draw(st.integers(0, 9)) < 8:
         tags.append(draw(good_tag("ENABLE")))
     if draw(st.booleans()):
@@ -258,7 +270,6 @@ def service_tags(draw: st.DrawFn, clean: bool = False) -> list[str]:
         tags.append(draw(good_tag(draw(st.sampled_from(sorted(GOOD_VALUES))))))
     if len(tags) > 0 and draw(st.booleans()):  # an exact duplicate: harmless
         tags.append(draw(st.sampled_from(tags)))
-    # No shuffling: Catalog.build sorts a service's tags anyway.
     return tags
 
 
@@ -300,31 +311,88 @@ SERVICE_IDS = st.one_of(
     st.text(ALNUM + "_.:-", min_size=1, max_size=70),
     hostile(LABEL),
 )
-INSTANCES = st.tuples(
-    st.one_of(LABEL, st.sampled_from(["n1", "n2"]), hostile(LABEL)),
-    SERVICE_IDS,
-    st.one_of(GOOD_ADDRESSES, GOOD_ADDRESSES, EDGE_ADDRESSES, BAD_ADDRESSES),
-    PORTS,
-)
+NODES = st.one_of(LABEL, st.sampled_from(["n1", "n2"]), hostile(LABEL))
+ADDRESSES = st.one_of(GOOD_ADDRESSES, GOOD_ADDRESSES, EDGE_ADDRESSES, BAD_ADDRESSES)
+STATUSES = st.sampled_from([PASSING, PASSING, PASSING, WARNING, CRITICAL])
+# Consul's Weights: nothing in the contract reads them, so they must change nothing.
+WEIGHTS = st.sampled_from([1, 1, 0, 10, 65535])
 
 
 @st.composite
-def catalogs(draw: st.DrawFn) -> list[ServiceSpec]:
-    """One to three clean services (so that most examples publish something and give
-    haproxy -c real backends to check) next to zero to three of any kind."""
-    specs: dict[str, ServiceSpec] = {}
+def instances(draw: st.DrawFn, tags: list[str], status: str | None = None) -> Instance:
+    """One instance with ``tags``, as Instance.from_health_entry builds it (its tags a
+    sorted set); its CreateIndex is set once the whole catalog is drawn."""
+    return Instance(
+        node=draw(NODES),
+        service_id=draw(SERVICE_IDS),
+        address=draw(ADDRESSES),
+        port=draw(PORTS),
+        tags=tuple(sorted(set(tags))),
+        status=status or draw(STATUSES),
+        weight_passing=draw(WEIGHTS),
+        weight_warning=draw(WEIGHTS),
+    )
+
+
+@st.composite
+def service_instances(draw: st.DrawFn, clean: bool) -> list[Instance]:
+    """A service's instances: most share one registration's tags, others carry another
+    version's (valid or not) or none of ours. A clean service's first instance is clean
+    and passing, so that most examples publish something and haproxy -c sees backends."""
+    base = draw(instance_tags(clean))
+    found: list[Instance] = []
+    for i in range(draw(st.integers(1 if clean else 0, 4))):
+        if clean and i == 0:
+            found.append(draw(instances(base, PASSING)))
+            continue
+        kind = draw(st.integers(0, 9))
+        tags = (
+            base
+            if kind < 5
+            else draw(instance_tags(clean=kind == 5))
+            if kind < 9
+            else draw(st.lists(FOREIGN_TAGS, max_size=2))
+        )
+        found.append(draw(instances(tags)))
+    return found
+
+
+PORT_TAG = re.compile(r"HAPROXY\.FRONTEND\.PORT=([1-9][0-9]{0,4})", re.ASCII)
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> Scenario:
+    """One to three clean services next to zero to three of any kind; every instance
+    registered at its own CreateIndex; sometimes tcp ports held by the running load
+    balancer (by services that could have held them: DNS labels, one port each)."""
+    services: dict[str, list[Instance]] = {}
     for clean in [True] * draw(st.integers(1, 3)) + [False] * draw(st.integers(0, 3)):
         name = draw(LABEL if clean else names())
-        tags = draw(service_tags(clean))
-        specs.setdefault(name, (name, tags, draw(st.lists(INSTANCES, max_size=3))))
-    return list(specs.values())
+        found = draw(service_instances(clean))
+        services.setdefault(name, found)
+    total = sum(map(len, services.values()))
+    order = iter(draw(st.permutations(range(total))))
+    services = {
+        name: [dataclasses.replace(i, create_index=100 + 7 * next(order)) for i in found]
+        for name, found in services.items()
+    }
+    held: dict[int, str] = {}
+    for name, found in services.items():
+        if not DNS_LABEL.fullmatch(name) or draw(st.integers(0, 2)) > 0:
+            continue
+        asked = sorted({int(m[1]) for i in found for t in i.tags if (m := PORT_TAG.fullmatch(t))})
+        ports = [p for p in [*asked, 9000, 9001] if p <= 65535]
+        port = draw(st.sampled_from(ports))
+        if port not in held and port not in (SETTINGS.http_port, SETTINGS.stats_port):
+            held[port] = name
+    return Scenario(services, held)
 
 
-def to_catalog(specs: Sequence[ServiceSpec]) -> Catalog:
-    """As the watcher builds it: tags per service name, instances per service name."""
+def to_catalog(scenario: Scenario) -> Catalog:
+    """As the watcher builds it: a service's tags are the union of its instances'."""
     return Catalog.build(
-        {name: tags for name, tags, _ in specs},
-        {name: [Instance(*inst) for inst in insts] for name, _, insts in specs},
+        {name: {t for i in found for t in i.tags} for name, found in scenario.services.items()},
+        scenario.services,
     )
 
 
@@ -339,38 +407,161 @@ TAG_VALID: dict[str, Callable[[str], bool]] = {
     "BACKEND.MAXCONN": lambda v: bool(INT_VALUE.fullmatch(v)) and int(v) <= 1_000_000,
     "FRONTEND.PORT": lambda v: bool(INT_VALUE.fullmatch(v)) and int(v) <= 65535,
 }
+# The README: "uri, hdr and url_param read HTTP: http services only".
+HTTP_ONLY = re.compile(r"uri|hdr\(.*|url_param .*")
 PUBLISHED, SKIPPED, IGNORED = "published", "skipped", "ignored"
 
 
-def expected_by_tags(tags: Sequence[str]) -> tuple[set[str], dict[str, str]]:
-    """What a service's tags entitle it to: the acceptable outcomes, and the options."""
+@dataclass(frozen=True)
+class Interpretation:
+    """Where the README leaves a choice, one way to take it. An example passes when the
+    load balancer is what one whole interpretation entitles it to.
+
+    - ``strict_duplicates``: are ``HAPROXY.ENABLE=true`` and ``HAPROXY.ENABLE=TRUE`` on
+      one instance conflicting tags (a malformed instance) or the same tag twice?
+    - ``age``: "at start, the one registered first gets it [the tcp port]": registered
+      first by which of its instances: any (``all``), any with an ``HAPROXY.*`` tag
+      (``tagged``), any that asks to be published or is malformed (``asking``), or any
+      that is published when it passes (``enabled``)?
+    """
+
+    strict_duplicates: bool
+    age: str
+
+
+INTERPRETATIONS = [
+    Interpretation(strict, age)
+    for strict, age in itertools.product((True, False), ("all", "tagged", "asking", "enabled"))
+]
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What one instance's ``HAPROXY.*`` tags say, per the README's table."""
+
+    malformed: bool
+    enabled: bool  # well-formed and HAPROXY.ENABLE=true
+    asks: bool  # carries HAPROXY.ENABLE=true (and no other ENABLE value), malformed or not
+    protocol: str = "http"
+    balance: str = "roundrobin"
+    port: int | None = None
+    maxconn: int | None = None
+
+    @property
+    def shape(self) -> tuple[str, str, int | None]:
+        return self.protocol, self.balance, self.port
+
+
+def read_tags(tags: Sequence[str], strict_duplicates: bool) -> Reading | None:
+    """None for an instance with none of our tags."""
+    ours = {t for t in tags if t.startswith("HAPROXY.")}
+    if not ours:
+        return None
+    malformed = False
     values: dict[str, set[str]] = {}
-    for tag in set(tags):
-        if not tag.startswith("HAPROXY."):
-            continue  # someone else's tag
+    for tag in ours:
         key, sep, value = tag[len("HAPROXY.") :].partition("=")
         if not sep or key not in TAG_VALID or not TAG_VALID[key](value):
-            return {SKIPPED}, {}
-        values.setdefault(key, set()).add(value)
-    ambiguous = False
+            malformed = True  # unknown, or malformed
+        else:
+            values.setdefault(key, set()).add(value)
+    enable = {v.lower() for v in values.get("ENABLE", ())}
     for key, seen in values.items():
-        if len(seen) > 1:
-            # "true" next to "TRUE" mean the same; whether that is a conflict is not
-            # the contract's to say, so either outcome is accepted.
-            if key == "ENABLE" and len({v.lower() for v in seen}) == 1:
-                ambiguous = True
-            else:
-                return {SKIPPED}, {}
+        meanings = enable if key == "ENABLE" else seen
+        if len(meanings) > 1 or (strict_duplicates and len(seen) > 1):
+            malformed = True  # two values for one option
     options = {key: min(seen) for key, seen in values.items()}
-    if options.get("PROTOCOL", "http") == "http" and "FRONTEND.PORT" in options:
-        return {SKIPPED}, {}
-    # The README: algorithms that read HTTP are refused for tcp services.
-    if options.get("PROTOCOL") == "tcp" and options.get("BACKEND.BALANCE", "").startswith(
-        ("uri", "url_param", "hdr(")
+    protocol = options.get("PROTOCOL", "http")
+    balance = options.get("BACKEND.BALANCE", "roundrobin")
+    # A frontend port is for tcp services; HTTP-only algorithms for http services.
+    if (protocol == "http" and "FRONTEND.PORT" in options) or (
+        protocol == "tcp" and HTTP_ONLY.fullmatch(balance)
     ):
-        return {SKIPPED}, {}
-    outcome = PUBLISHED if options.get("ENABLE", "false").lower() == "true" else IGNORED
-    return ({outcome, SKIPPED} if ambiguous else {outcome}), options
+        malformed = True
+    asks = enable == {"true"}
+    if malformed:
+        return Reading(malformed=True, enabled=False, asks=asks)
+    return Reading(
+        malformed=False,
+        enabled=asks,
+        asks=asks,
+        protocol=protocol,
+        balance=balance,
+        port=int(options["FRONTEND.PORT"]) if "FRONTEND.PORT" in options else None,
+        maxconn=int(options["BACKEND.MAXCONN"]) if "BACKEND.MAXCONN" in options else None,
+    )
+
+
+@dataclass(frozen=True)
+class Entitled:
+    """What one service is entitled to under one interpretation."""
+
+    outcomes: frozenset[str]
+    shape: tuple[str, str, int | None] = ("http", "roundrobin", None)
+    servers: tuple[tuple[Instance, Reading], ...] = ()  # passing, enabled, valid port
+    age: int = 0
+    malformed: int = 0  # instances left out for their tags (each logged)
+    disagree: bool = False  # passing instances disagree on the backend's options
+    shape_kept: bool = False  # no instance passes: the newest one shapes the backend
+
+
+def entitle(name: str, found: Sequence[Instance], interp: Interpretation) -> Entitled:
+    """One service on its own, before the services' tcp ports are compared."""
+    readings = [(i, read_tags(i.tags, interp.strict_duplicates)) for i in found]
+    tagged = [(i, r) for i, r in readings if r is not None]
+    enabled = [(i, r) for i, r in tagged if r.enabled]
+    malformed = [(i, r) for i, r in tagged if r.malformed]
+    if not enabled:
+        if not malformed:
+            return Entitled(frozenset({IGNORED}))  # nothing asks to be published
+        # Every instance that asks to be published is malformed: skipped. Malformed
+        # instances none of which clearly asks (HAPROXY.ENABLE=yes, or only a bad tag):
+        # the contract does not say whether they ask, so skipping or ignoring will do.
+        asks = any(r.asks for _, r in malformed)
+        return Entitled(frozenset({SKIPPED} if asks else {SKIPPED, IGNORED}))
+    if not DNS_LABEL.fullmatch(name):
+        return Entitled(frozenset({SKIPPED}))
+    passing = [(i, r) for i, r in enabled if i.status == PASSING]
+    # Only passing instances have a say; while none passes, the newest one has it.
+    _, leader = max(passing or enabled, key=lambda ir: ir[0].create_index)
+    if leader.protocol == "tcp" and leader.port is None:
+        return Entitled(frozenset({SKIPPED}))
+    dating = {
+        "all": found,
+        "tagged": [i for i, _ in tagged],
+        "asking": [i for i, r in tagged if r.enabled or r.malformed],
+        "enabled": [i for i, _ in enabled],
+    }[interp.age]
+    return Entitled(
+        frozenset({PUBLISHED}),
+        shape=leader.shape,
+        servers=tuple((i, r) for i, r in passing if 1 <= i.port <= 65535),
+        age=min(i.create_index for i in dating),
+        malformed=len(malformed),
+        disagree=len({r.shape for _, r in passing}) > 1,
+        shape_kept=not passing,
+    )
+
+
+def expect(scenario: Scenario, interp: Interpretation) -> dict[str, Entitled]:
+    """Every service's entitlement: a tcp port goes to the service that holds it, else to
+    the service registered first; the http and stats ports are HAProxy's own."""
+    found = {name: entitle(name, insts, interp) for name, insts in scenario.services.items()}
+    taken = {SETTINGS.http_port, SETTINGS.stats_port}
+
+    def claim_order(name: str) -> tuple[bool, int, str]:
+        port = found[name].shape[2]
+        return scenario.held.get(port or 0) != name, found[name].age, name
+
+    for name in sorted((n for n, e in found.items() if PUBLISHED in e.outcomes), key=claim_order):
+        port = found[name].shape[2]
+        if port is None:
+            continue
+        if port in taken:
+            found[name] = Entitled(frozenset({SKIPPED}))  # held by another
+        else:
+            taken.add(port)
+    return found
 
 
 def address_class(address: str) -> str:
@@ -389,71 +580,87 @@ def address_class(address: str) -> str:
     return "bad"
 
 
-def check_entitlement(catalog: Catalog, lb: model.LoadBalancer) -> None:
+def differences(entitled: Mapping[str, Entitled], lb: model.LoadBalancer) -> list[str]:
+    """How ``lb`` differs from what the services are entitled to (empty: it does not)."""
     published = {b.service: b for b in lb.backends}
     skipped = {s.service for s in lb.skipped}
-    assert not published.keys() & skipped, "a service both published and skipped"
-    assert len(published) == len(lb.backends) and len(skipped) == len(lb.skipped)
-    ports_used = {SETTINGS.http_port, SETTINGS.stats_port}
-    for service in sorted(catalog.services, key=lambda s: s.name):
-        acceptable, options = expected_by_tags(service.tags)
-        protocol = options.get("PROTOCOL", "http")
-        port = int(options["FRONTEND.PORT"]) if "FRONTEND.PORT" in options else None
-        if PUBLISHED in acceptable and (
-            not DNS_LABEL.fullmatch(service.name)
-            or (protocol == "tcp" and (port is None or port in ports_used))
-        ):
-            acceptable = (acceptable - {PUBLISHED}) | {SKIPPED}
-        actual = (
-            PUBLISHED
-            if service.name in published
-            else SKIPPED
-            if service.name in skipped
-            else IGNORED
-        )
-        assert actual in acceptable, (
-            f"service {service.name!r} with tags {service.tags!r}: {actual}, "
-            f"expected {' or '.join(sorted(acceptable))}"
-        )
+    out = [
+        f"{n!r} is not in the catalog" for n in sorted((published.keys() | skipped) - {*entitled})
+    ]
+    for name, e in sorted(entitled.items()):
+        actual = PUBLISHED if name in published else SKIPPED if name in skipped else IGNORED
+        if actual not in e.outcomes:
+            out.append(f"service {name!r}: {actual}, expected {' or '.join(sorted(e.outcomes))}")
+            continue
         if actual != PUBLISHED:
             continue
-        b = published[service.name]
-        assert b.name == f"{service.name}.{DOMAIN}"
-        assert b.protocol == protocol
-        assert b.balance == options.get("BACKEND.BALANCE", "roundrobin")
-        maxconn = options.get("BACKEND.MAXCONN")
-        assert b.maxconn == (int(maxconn) if maxconn else None)
-        assert b.frontend_port == (port if protocol == "tcp" else None)
-        if port is not None:
-            ports_used.add(port)
-        check_servers(service.instances, b.servers)
+        b = published[name]
+        protocol, balance, port = e.shape
+        got = (b.name, b.protocol, b.balance, b.frontend_port)
+        if got != (f"{name}.{DOMAIN}", protocol, balance, port):
+            out.append(f"service {name!r}: backend {got}, expected {(protocol, balance, port)}")
+        out += [f"service {name!r}: {p}" for p in server_differences(e.servers, b.servers)]
+    return out
 
 
-def check_servers(instances: Sequence[Instance], servers: Sequence[model.Server]) -> None:
-    valid_port = [i for i in instances if 1 <= i.port <= 65535]
-    required = Counter(
-        (i.address, i.port) for i in valid_port if address_class(i.address) == "good"
-    )
+def server_differences(
+    entitled: Sequence[tuple[Instance, Reading]], servers: Sequence[model.Server]
+) -> list[str]:
+    """One server per entitled instance with a valid address (maybe one per edge
+    address), with the instance's own maxconn; named after a clean, unique service ID."""
+
+    def key(i: Instance, r: Reading) -> tuple[str, int, int | None]:
+        return i.address, i.port, r.maxconn
+
+    required = Counter(key(i, r) for i, r in entitled if address_class(i.address) == "good")
     allowed = required + Counter(
-        (i.address, i.port) for i in valid_port if address_class(i.address) == "edge"
+        key(i, r) for i, r in entitled if address_class(i.address) == "edge"
     )
-    actual = Counter((s.address, s.port) for s in servers)
-    assert not required - actual, f"instances left out: {required - actual}"
-    assert not actual - allowed, f"servers the input was not entitled to: {actual - allowed}"
+    actual = Counter((s.address, s.port, s.maxconn) for s in servers)
+    out = []
+    if required - actual:
+        out.append(f"instances left out: {required - actual}")
+    if actual - allowed:
+        out.append(f"servers the input was not entitled to: {actual - allowed}")
     names = [s.name for s in servers]
-    assert len(names) == len(set(names)), f"duplicate server names {names}"
-    assert all(re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", n, re.ASCII) for n in names), names
-    # A clean, unique service ID is the server's name (stable across renders).
-    ids = Counter(i.service_id for i in instances)
+    if len(names) != len(set(names)):
+        out.append(f"duplicate server names {names}")
+    if not all(re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", n, re.ASCII) for n in names):
+        out.append(f"server names HAProxy may refuse: {names}")
+    # A clean ID, unique among the instances that may become servers, names its server.
+    ids = Counter(i.service_id for i, r in entitled if address_class(i.address) != "bad")
     by_name = {s.name: s for s in servers}
-    for inst in instances:
-        clean = re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", inst.service_id, re.ASCII)
-        if clean and ids[inst.service_id] == 1 and (inst.address, inst.port) in actual:
-            server = by_name.get(inst.service_id)
-            assert server is not None and (server.address, server.port) == (
-                inst.address,
-                inst.port,
-            ), f"instance {inst.service_id!r} not named after its ID"
+    for i, r in entitled:
+        clean = re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", i.service_id, re.ASCII)
+        if clean and ids[i.service_id] == 1 and address_class(i.address) == "good":
+            s = by_name.get(i.service_id)
+            if s is None or (s.address, s.port, s.maxconn) != key(i, r):
+                out.append(f"instance {i.service_id!r} not named after its ID")
+    return out
+
+
+def check_entitlement(
+    scenario: Scenario, lb: model.LoadBalancer, problems: Sequence[str]
+) -> tuple[Interpretation, dict[str, Entitled]]:
+    """The interpretation ``lb`` follows, and what it entitles; fails when none fits."""
+    published = {b.service for b in lb.backends}
+    skipped = {s.service for s in lb.skipped}
+    assert not published & skipped, "a service both published and skipped"
+    assert len(published) == len(lb.backends) and len(skipped) == len(lb.skipped)
+    found: list[list[str]] = []
+    for interp in INTERPRETATIONS:
+        entitled = expect(scenario, interp)
+        if not (diff := differences(entitled, lb)):
+            # README: an instance left out for its tags is logged (one line each).
+            left_out = sum(e.malformed for n, e in entitled.items() if n in published)
+            assert len(problems) >= left_out, f"{left_out} instances left out: {problems}"
+            return interp, entitled
+        found.append(diff)
+    best = min(found, key=len)
+    raise AssertionError(
+        f"no reading of the README entitles the input to this load balancer "
+        f"(closest, {len(best)} differences):\n  " + "\n  ".join(best)
+    )
 
 
 # ---------------------------------------------------------------- the rendered text
@@ -486,8 +693,8 @@ class Expected:
     forbidden: tuple[str, ...] = ()
 
 
-def expected_dynamic_sections(lb: model.LoadBalancer) -> list[Expected]:
-    """The model's frontends and backends as the template's value-carrying lines."""
+def expected_dynamic_sections(lb: model.LoadBalancer, limits: Limits) -> list[Expected]:
+    """The model's frontends and backends as the templates' value-carrying lines."""
     out: list[Expected] = []
     for b in lb.tcp_backends:
         out.append(
@@ -498,9 +705,12 @@ def expected_dynamic_sections(lb: model.LoadBalancer) -> list[Expected]:
         )
     for b in lb.backends:
         http = b.protocol == "http"
-        lines = [f"mode {b.protocol}", f"balance {b.balance}", "option tcp-check"]
-        maxconn = f" maxconn {b.maxconn}" if b.maxconn is not None else ""
-        lines.append(f"default-server inter 10s fall 1 init-addr last,libc,none{maxconn}")
+        lines = [
+            f"mode {b.protocol}",
+            f"balance {b.balance}",
+            "option tcp-check",
+            "default-server inter 10s fall 1 init-addr last,libc,none",
+        ]
         http_only = [
             "option forwardfor",
             "http-request set-header X-Forwarded-Port %[dst_port]",
@@ -509,7 +719,9 @@ def expected_dynamic_sections(lb: model.LoadBalancer) -> list[Expected]:
         lines += http_only if http else []
         for s in b.servers:
             address = f"ipv6@{s.address}" if ":" in s.address else s.address
-            lines.append(f"server {s.name} {address}:{s.port} check")
+            check = " check" if limits.checks else ""
+            maxconn = f" maxconn {s.maxconn}" if s.maxconn is not None else ""
+            lines.append(f"server {s.name} {address}:{s.port}{check}{maxconn}")
         out.append(Expected(f"backend {b.name}", lines, () if http else tuple(http_only)))
     return [
         Expected(e.header, [f"    {v}" for v in e.values], tuple(f"    {f}" for f in e.forbidden))
@@ -517,45 +729,43 @@ def expected_dynamic_sections(lb: model.LoadBalancer) -> list[Expected]:
     ]
 
 
-def template_literals(header: str) -> set[str]:
-    """Lines of the template's loop that renders ``header``'s kind of section and that
-    hold no Jinja2 at all: static directives and comments, the same for every input.
-    Read from the template in use, so that a new static directive there (another
-    engineer's ``option tcplog``) does not break this test, while anything that
-    depends on the input still has to be one of the value lines above."""
-    source = ENV.loader.get_source(ENV, HAPROXY_TEMPLATE)[0] if ENV.loader else ""
-    attr = "tcp_backends" if header == "frontend" else "backends"
-    loop = f"{{% for b in lb.{attr} %}}"
-    lines = source.split("\n")
-    begin = next(i for i, ln in enumerate(lines) if ln.strip() == loop)
-    literals: set[str] = set()
-    depth = 0
-    for line in lines[begin + 1 :]:
-        stripped = line.strip()
-        if stripped.startswith("{% for"):
-            depth += 1
-        elif stripped == "{% endfor %}":
-            if depth == 0:
-                break
-            depth -= 1
-        elif "{{" not in line and "{%" not in line and "{#" not in line:
-            literals.add(line)
-    return literals
+def template_literals(env: jinja2.Environment) -> dict[str, set[str]]:
+    """Lines of the templates that render tcp frontends (the loop in haproxy.cfg.j2) and
+    backends (backend.cfg.j2) and that hold no Jinja2 at all: static directives and
+    comments, the same for every input. Read from the templates in use, so that a new
+    static directive there (another engineer's ``option tcplog``) does not break this
+    test, while anything that depends on the input still has to be one of the value
+    lines above."""
+    assert env.loader is not None
+
+    def source(name: str) -> list[str]:
+        text = env.loader.get_source(env, name)[0] if env.loader else ""
+        return re.sub(r"\{#.*?#\}", "", text, flags=re.DOTALL).split("\n")
+
+    def literals(lines: Sequence[str]) -> set[str]:
+        return {ln for ln in lines if "{{" not in ln and "{%" not in ln}
+
+    lines = source(HAPROXY_TEMPLATE)
+    begin = lines.index("{% for b in lb.tcp_backends %}")
+    end = lines.index("{% endfor %}", begin)
+    return {
+        "frontend": literals(lines[begin + 1 : end]),
+        "backend": literals(source(BACKEND_TEMPLATE)),
+    }
 
 
-TEMPLATE_LITERALS = {
-    "frontend": template_literals("frontend"),
-    "backend": template_literals("backend"),
-}
-
-
-def check_dynamic_sections(sections: list[tuple[str, list[str]]], lb: model.LoadBalancer) -> None:
-    expected = expected_dynamic_sections(lb)
+def check_dynamic_sections(
+    sections: list[tuple[str, list[str]]],
+    lb: model.LoadBalancer,
+    limits: Limits,
+    literals: Mapping[str, set[str]],
+) -> None:
+    expected = expected_dynamic_sections(lb, limits)
     assert [h for h, _ in sections] == [e.header for e in expected], "sections differ from model"
     for (header, body), want in zip(sections, expected, strict=True):
-        literals = TEMPLATE_LITERALS[header.split()[0]]
+        static = literals[header.split()[0]]
         values = Counter(want.values)
-        extra = [ln for ln in body if ln not in values and ln not in literals]
+        extra = [ln for ln in body if ln not in values and ln not in static]
         assert not extra, f"{header}: lines the input was not entitled to: {extra}"
         assert Counter(ln for ln in body if ln in values) == values, f"{header}: {body}"
         servers = [ln for ln in body if ln.startswith("    server ")]
@@ -567,18 +777,26 @@ def printable_ascii(text: str) -> bool:
     return re.fullmatch(r"[ -~\n]*", text) is not None
 
 
+def hostile_strings(scenario: Scenario) -> Iterator[str]:
+    for name, found in scenario.services.items():
+        yield from [name] if MARK in name else []
+        for i in found:
+            yield from (t for t in (i.node, i.service_id, i.address, *i.tags) if MARK in t)
+
+
 def check_output(
-    specs: Sequence[ServiceSpec],
+    scenario: Scenario,
     lb: model.LoadBalancer,
+    limits: Limits,
     files: HaproxyFiles,
     fixed: list[tuple[str, list[str]]],
+    literals: Mapping[str, set[str]],
 ) -> None:
-    config, hosts = files.config, files.hosts_map
-    assert printable_ascii(config) and printable_ascii(hosts)
-    assert MARK not in config and MARK not in hosts
-    for text in hostile_strings(specs):
-        assert text not in config and text not in hosts, f"hostile {text!r} in the output"
-    preamble, sections = parse_sections(config)
+    texts = files.files().values()
+    assert all(printable_ascii(text) and MARK not in text for text in texts)
+    for hostile_text in hostile_strings(scenario):
+        assert not any(hostile_text in t for t in texts), f"hostile {hostile_text!r} in the output"
+    preamble, sections = parse_sections(files.config)
     assert preamble == [
         "# haproxy.cfg rendered by consul-lb from the Consul catalog.",
         "# Do not edit: it is rewritten on every catalog change.",
@@ -586,23 +804,17 @@ def check_output(
         "",
     ]
     assert sections[: len(fixed)] == fixed, "the fixed sections changed with the catalog"
-    check_dynamic_sections(sections[len(fixed) :], lb)
-    assert hosts == "".join(
-        f"{b.name} {b.name}\n" for b in sorted(lb.http_backends, key=lambda b: b.name)
-    )
+    check_dynamic_sections(sections[len(fixed) :], lb, limits, literals)
+    # README: each http host, and its absolute form with a trailing dot, to its backend.
+    hosts = [f"{h} {b.name}\n" for b in lb.http_backends for h in (b.name, f"{b.name}.")]
+    assert sorted(files.hosts_map.splitlines(keepends=True)) == sorted(hosts), files.hosts_map
+    assert files.health_map == ""  # not waiting for Consul, not draining
     for b in lb.backends:
         assert re.fullmatch(rf"[a-z0-9-]{{1,63}}\.{re.escape(DOMAIN)}", b.name, re.ASCII)
 
 
-def hostile_strings(specs: Sequence[ServiceSpec]) -> Iterator[str]:
-    for name, tags, instances in specs:
-        yield from (text for text in (name, *tags) if MARK in text)
-        for inst in instances:
-            yield from (text for text in inst[:3] if MARK in text)
-
-
 def check_log_lines(lb: model.LoadBalancer, problems: Sequence[str]) -> None:
-    """Skips and left-out instances are logged as one line each (haproxy_mode's format):
+    """Skips and left-out instances are logged as one line each (the applier's format):
     hostile names and tags must not break a line or carry control characters."""
     for s in lb.skipped:
         line = f"skipping service {s.service!r}: {s.reason}"
@@ -622,44 +834,137 @@ def checker() -> Iterator[HaproxyChecker]:
         yield c
 
 
-def render(catalog: Catalog, limits: Limits) -> tuple[model.LoadBalancer, list[str], HaproxyFiles]:
-    lb, problems = model.build(catalog, SETTINGS)
-    return lb, problems, render_haproxy(lb, SETTINGS, limits, PATHS, env=ENV)
+def inst(
+    service_id: str,
+    address: str,
+    port: int,
+    *tags: str,
+    index: int,
+    status: str = PASSING,
+    node: str = "n1",
+) -> Instance:
+    return Instance(node, service_id, address, port, tuple(sorted(set(tags))), status, 1, 1, index)
 
 
-INJECTED_TAGS: list[ServiceSpec] = [
-    ("evil", ["HAPROXY.ENABLE=true", f"HAPROXY.BACKEND.BALANCE=roundrobin\n    {MARK}"], []),
-    ("www", ["HAPROXY.ENABLE=true"], [("n1", "www-1", "10.0.0.1", 80)]),
-]
-# Found by this test: "a..b" passes the host-name pattern (runtime/consul_lb/model/__init__.py,
-# HOSTNAME) but HAProxy refuses it ("Can't create DNS resolution for server"), so one
+TCP_9000 = ("HAPROXY.PROTOCOL=tcp", "HAPROXY.FRONTEND.PORT=9000")
+INJECTED_TAGS = Scenario(
+    {
+        "evil": [
+            inst(
+                "evil-1", "10.0.0.9", 80, ENABLE, f"HAPROXY.BACKEND.BALANCE=rr\n    {MARK}", index=1
+            )
+        ],
+        "www": [inst("www-1", "10.0.0.1", 80, ENABLE, index=2)],
+    }
+)
+# Found by this test: "a..b" passes the host-name pattern (runtime/consul_lb/model/build.py,
+# HOST_LABEL) but HAProxy refuses it ("Can't create DNS resolution for server"), so one
 # instance registered with such an address makes every later configuration fail
 # haproxy -c, and the load balancer stops following Consul for all services.
-EMPTY_LABEL_ADDRESS: list[ServiceSpec] = [
-    ("www", ["HAPROXY.ENABLE=true"], [("n1", "www-1", "10.0.0.1", 80), ("n1", "www-2", "a..b", 80)])
-]
-PORT_CLASH: list[ServiceSpec] = [
-    (n, ["HAPROXY.ENABLE=true", "HAPROXY.PROTOCOL=tcp", "HAPROXY.FRONTEND.PORT=9000"], [])
-    for n in ("a", "b")
-]
+EMPTY_LABEL_ADDRESS = Scenario(
+    {
+        "www": [
+            inst("www-1", "10.0.0.1", 80, ENABLE, index=1),
+            inst("www-2", "a..b", 80, ENABLE, index=2),
+        ]
+    }
+)
+# Both ask for 9000: "b" was registered first (whichever of its instances dates it)
+# and gets it, unless "a" holds it already.
+PORT_CLASH = Scenario(
+    {
+        "a": [inst("a-1", "10.0.0.1", 80, ENABLE, *TCP_9000, index=20)],
+        "b": [
+            inst("b-1", "10.0.0.2", 80, ENABLE, *TCP_9000, index=10, status=CRITICAL),
+            inst("b-2", "10.0.0.2", 81, ENABLE, *TCP_9000, index=30),
+        ],
+    }
+)
+PORT_HELD = dataclasses.replace(PORT_CLASH, held={9000: "a"})
+# A rolling deploy from http to tcp:9000: the newest passing instance shapes the backend
+# (a newer critical one has no say); each instance keeps its own maxconn; an instance
+# without HAPROXY.ENABLE=true gets no traffic; a malformed one is left out.
+ROLLING_DEPLOY = Scenario(
+    {
+        "db": [
+            inst("db-1", "10.0.1.1", 5432, ENABLE, "HAPROXY.BACKEND.MAXCONN=10", index=1),
+            inst("db-2", "10.0.1.2", 5432, ENABLE, index=2),
+            inst(
+                "db-3",
+                "10.0.1.3",
+                5432,
+                ENABLE,
+                *TCP_9000,
+                "HAPROXY.BACKEND.BALANCE=first",
+                index=5,
+            ),
+            inst(
+                "db-4",
+                "10.0.1.4",
+                5432,
+                ENABLE,
+                "HAPROXY.BACKEND.BALANCE=source",
+                index=7,
+                status=CRITICAL,
+            ),
+            inst("db-5", "10.0.1.5", 5432, "HAPROXY.BACKEND.MAXCONN=20", index=8),
+            inst("db-6", "10.0.1.6", 5432, ENABLE, "HAPROXY.BACKEND.MAXCONN=0", index=9),
+        ],
+        "www": [inst("www-1", "::1", 80, ENABLE, "HAPROXY.BACKEND.MAXCONN=1000000", index=3)],
+    }
+)
+# No instance passes: the newest one keeps the backend's shape, with no server.
+NONE_PASSING = Scenario(
+    {
+        "api": [
+            inst("api-1", "10.0.2.1", 80, ENABLE, index=1, status=WARNING),
+            inst(
+                "api-2",
+                "10.0.2.2",
+                80,
+                ENABLE,
+                "HAPROXY.BACKEND.BALANCE=leastconn",
+                index=2,
+                status=CRITICAL,
+            ),
+        ],
+        "all-bad": [
+            inst("x-1", "10.0.3.1", 80, ENABLE, "HAPROXY.PROTOCOL=udp", index=3),
+            inst("x-2", "10.0.3.2", 80, ENABLE, "HAPROXY.FRONTEND.PORT=9000", index=4),
+        ],
+        "typo": [inst("t-1", "10.0.4.1", 80, "HAPROXY.ENABLE=yes", index=5)],
+    }
+)
 
 
 def test_hostile_catalogs_render_entitled_configs_that_haproxy_accepts(
     checker: HaproxyChecker,
 ) -> None:
     # The image's own open-file limit: the global maxconn is fitted to it at run time.
+    # One example in four renders as with too many servers to check (no `check`).
     limits = fit(SETTINGS.maxconn_global, SETTINGS.maxconn, nofile=checker.nofile)
-    _, fixed = parse_sections(render(Catalog(), limits)[2].config)
-    assert [head for head, _ in fixed] == [
+    assert limits.checks
+    unchecked = dataclasses.replace(limits, checks=False)
+    # One renderer for the whole run, as the runtime keeps one: its per-backend cache
+    # must not change what it renders (checked against a fresh renderer each time).
+    renderer = Renderer(SETTINGS, PATHS)
+    cache = model.Candidates()
+    empty = model.LoadBalancer((), ())
+    fixed = {
+        lim.checks: parse_sections(Renderer(SETTINGS, PATHS).render(empty, lim).config)[1]
+        for lim in (limits, unchecked)
+    }
+    assert [head for head, _ in fixed[True]] == [
         "global",
         "defaults",
         "frontend stats",
         "frontend http",
-        "backend consul_lb_health",
         "backend consul_lb_stats",
         "backend consul_lb_runtime",
     ]
-    submitted: list[tuple[Catalog, str, Future[CheckResult]]] = []
+    literals = template_literals(renderer.env)
+    examples: list[tuple[Catalog, str, str]] = []  # catalog, config, digest of the files
+    futures: dict[str, Future[CheckResult]] = {}
     totals: Counter[str] = Counter()
     started = time.monotonic()
 
@@ -669,40 +974,61 @@ def test_hostile_catalogs_render_entitled_configs_that_haproxy_accepts(
         database=None,  # no .hypothesis directory in a tree shared with others
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
-    @given(catalogs())
-    @example(INJECTED_TAGS)
-    @example(PORT_CLASH)
-    @example(EMPTY_LABEL_ADDRESS)
-    def run(specs: list[ServiceSpec]) -> None:
-        catalog = to_catalog(specs)
-        lb, problems, files = render(catalog, limits)
-        check_entitlement(catalog, lb)
-        check_output(specs, lb, files, fixed)
+    @given(scenarios(), st.integers(0, 3))
+    @example(INJECTED_TAGS, 1)
+    @example(EMPTY_LABEL_ADDRESS, 1)
+    @example(PORT_CLASH, 1)
+    @example(PORT_HELD, 1)
+    @example(ROLLING_DEPLOY, 1)
+    @example(ROLLING_DEPLOY, 0)
+    @example(NONE_PASSING, 1)
+    def run(scenario: Scenario, variant: int) -> None:
+        lim = unchecked if variant == 0 else limits
+        catalog = to_catalog(scenario)
+        lb, problems = model.build(catalog, SETTINGS, scenario.held)
+        # The runtime keeps a cache of services across builds: it changes nothing.
+        assert model.build(catalog, SETTINGS, scenario.held, cache) == (lb, problems)
+        interp, entitled = check_entitlement(scenario, lb, problems)
+        files = renderer.render(lb, lim)
+        assert renderer.render(lb, lim) == files, "a render from the cache differs"
+        assert Renderer(SETTINGS, PATHS).render(lb, lim) == files, "the cache changed the text"
+        check_output(scenario, lb, lim, files, fixed[lim.checks], literals)
         check_log_lines(lb, problems)
+        digest = hashlib.sha256(repr(sorted(files.files().items())).encode()).hexdigest()
+        if digest not in futures:
+            futures[digest] = checker.submit(files.files(), live=PATHS["live"])
+        examples.append((catalog, files.config, digest))
+        published = [e for n, e in entitled.items() if lb.backend(n) is not None]
         totals["backends"] += len(lb.backends)
         totals["servers"] += sum(len(b.servers) for b in lb.backends)
+        totals["maxconn servers"] += sum(
+            s.maxconn is not None for b in lb.backends for s in b.servers
+        )
+        totals["disagreeing"] += sum(e.disagree for e in published)
+        totals["shape kept"] += sum(e.shape_kept for e in published)
+        totals["held ports"] += sum(lb.ports.get(p) == n for p, n in scenario.held.items())
         totals["skipped"] += len(lb.skipped)
         totals["left out"] += len(problems)
+        if interp != INTERPRETATIONS[0]:
+            totals["other reading"] += 1
         lines = [s.reason for s in lb.skipped] + problems
         totals["longest log line"] = max([totals["longest log line"], *map(len, lines)])
-        submitted.append((catalog, files.config, checker.submit(files.files())))
 
     run()
     generated = time.monotonic() - started
-    results = [
-        (catalog, config, future.result(timeout=120)) for catalog, config, future in submitted
-    ]
-    invalid = [(catalog, config, r) for catalog, config, r in results if not r.ok]
-    warnings = Counter(re.sub(r"^.*?: config : ", "", w) for *_, r in results for w in r.warnings)
-    distinct = len({hashlib.sha256(config.encode()).digest() for _, config, _ in results})
+    verdicts = {digest: future.result(timeout=120) for digest, future in futures.items()}
+    invalid = [(c, config, verdicts[d]) for c, config, d in examples if not verdicts[d].ok]
+    warnings = Counter(
+        re.sub(r"^.*?: config : ", "", w) for r in verdicts.values() for w in r.warnings
+    )
     print(
-        f"\nhaproxy -c ({checker.version}) on {len(results)} rendered configs "
-        f"({distinct} distinct): {len(invalid)} invalid; generated and checked in "
+        f"\nhaproxy -c ({checker.version}) on {len(examples)} rendered configs "
+        f"({len(verdicts)} distinct): {len(invalid)} invalid; generated and checked in "
         f"{generated:.1f}s + {time.monotonic() - started - generated:.1f}s; {dict(totals)}"
     )
     for text, n in warnings.most_common(10):
         print(f"  haproxy warning x{n}: {text}")
-    assert len(results) >= EXAMPLES
+    assert len(examples) >= EXAMPLES
     assert not invalid, f"haproxy -c rejected {len(invalid)} rendered configs:\n" + "\n".join(
         describe_rejections(invalid)
     )
