@@ -155,6 +155,12 @@ class Stack:
             return {}
         return state
 
+    def config_of(self, backend: str) -> str:
+        """The ``backend <name>`` section HAProxy runs (from /_haproxy_getconfig)."""
+        text = requests.get(f"{self.stats}/_haproxy_getconfig", timeout=5).text
+        _, found, rest = text.partition(f"\nbackend {backend}\n")
+        return rest.split("\n\n")[0] if found else ""
+
     def logs(self, service: str = "haproxy") -> str:
         return str(self.container(service).logs().decode(errors="replace"))
 

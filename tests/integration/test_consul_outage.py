@@ -199,7 +199,16 @@ def test_haproxy_answers_through_a_consul_outage_and_follows_after(outage: Outag
         r = requests.put(f"{outage.consul_url}/v1/agent/service/register", json=body, timeout=5)
         r.raise_for_status()
         registered = time.monotonic()
-        wait_until(lambda: outage.routed(late), timeout=60, what="late routed after the restart")
+        # Within the watches' retry backoff (at most 10 s) plus the render wait: a watch
+        # that failed starts again without an index, so it never waits a full blocking
+        # wait (60 s) on an index the restarted Consul has forgotten.
+        try:
+            wait_until(
+                lambda: outage.routed(late), timeout=15, what="late routed after the restart"
+            )
+        except BaseException:
+            print(outage.logs()[-6000:])
+            raise
         late_after = time.monotonic() - registered
         time.sleep(3)  # keep the traffic going a little after the last change
     finally:

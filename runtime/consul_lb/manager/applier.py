@@ -81,6 +81,7 @@ class Counters:
     runtime_api_changes: int = 0
     reload_changes: int = 0
     runtime_api_fallbacks: int = 0
+    last_reload: float = 0.0  # Unix time of the last successful reload or start
 
 
 @dataclass
@@ -293,6 +294,7 @@ class Applier:
         self.timeline.applied, self.timeline.path = time.time(), "reload"
         self.current, self.applied = plan.files, plan.lb
         self.counters.reload_changes += 1
+        self.counters.last_reload = time.time()
         log.info(
             "applied: %d service(s), %d server(s), %d skipped (%s, %.0f ms)",
             len(plan.lb.backends),

@@ -28,10 +28,10 @@ from consul_lb.haproxy.iptables import IptablesError
 from consul_lb.haproxy.process import Haproxy, ReloadError, make
 from consul_lb.manager.applier import Applier, Timeline
 from consul_lb.manager.loop import CHANGED, HAPROXY_EXITED, RELOAD, STOP, Event, EventLoop
-from consul_lb.model import wants
+from consul_lb.model import LoadBalancer, wants
 from consul_lb.observe.endpoints import Observer, Sources, start_server
 from consul_lb.observe.metrics import Figures, WatchFigures
-from consul_lb.render import Renderer
+from consul_lb.render import HaproxyFiles, Renderer
 from consul_lb.settings import Settings
 
 log = logging.getLogger("manager")
@@ -87,7 +87,8 @@ class Runner:
             raise StartError(
                 f"haproxy -c rejects the configuration for no service: {result.message}"
             )
-        files, lb = plan.files, plan.lb
+        files: HaproxyFiles = plan.files
+        lb: LoadBalancer | None = plan.lb
         installed = read_installed(self.paths)
         if (
             installed is not None
@@ -96,7 +97,7 @@ class Runner:
         ):
             # A restart: serve what ran before until Consul has been read again (what
             # it publishes is not known here: the first change reloads).
-            files = type(installed)(installed.config, installed.hosts_map, plan.files.health_map)
+            files = HaproxyFiles(installed.config, installed.hosts_map, plan.files.health_map)
             lb = None
         install(files, self.paths)
         try:
@@ -104,6 +105,7 @@ class Runner:
         except (ReloadError, OSError) as exc:
             raise StartError(f"haproxy does not start: {exc} (see its messages above)") from exc
         self.applier.current, self.applier.applied = files, lb
+        self.applier.counters.last_reload = time.time()
 
     def outage_context(self) -> str:
         if self.applier.applied is None:
@@ -253,7 +255,10 @@ class Runner:
         )
         state["errors"] = dict(self.errors)
         state["last_error"] = self.last_error or None
-        state["watches"] = [s.public() for s in self.watcher.statuses()]
+        watches = self.watcher.statuses()
+        state["watches"] = [s.public() for s in watches]
+        state["last_sync"] = max((w.last_success for w in watches), default=0.0) or None
+        state["last_reload"] = self.applier.counters.last_reload or None
         state["unreadable_services"] = self.watcher.missing()
         state["last_change"] = dataclasses.asdict(self.last_change) if self.last_change else None
         return state
