@@ -32,8 +32,8 @@ def test_a_moved_instance_in_a_reloading_batch_serves_on_its_new_port(stack: Sta
     # (structural: a reload).
     stack.register("mover-1", "mover", "web-1", [ENABLE], port=8001)
     stack.register("newcomer-1", "newcomer", "web-2", [ENABLE])
-    wait_until(lambda: stack.backend_of(f"newcomer.{DOMAIN}") == "web-2", what="the reload")
-    assert stack.state()["reloads"] > reloads
+    wait_until(lambda: stack.backend_of(f"newcomer.{DOMAIN}") == "web-2", what="the newcomer")
+    wait_until(lambda: stack.state()["reloads"] > reloads, what="a reload")
     wait_until(lambda: answers(stack, host) == {"web-1-on-8001"}, what="traffic on the new port")
     # And it stays so across the next reload (the stale port is not saved again).
     stack.register("third-1", "third", "web-3", [ENABLE])
@@ -57,7 +57,7 @@ def test_a_drained_instance_that_comes_back_in_a_reload_gets_traffic(stack: Stac
 
 def test_an_operator_template_that_raises_for_one_service_stops_nothing(stack: Stack) -> None:
     # The syn-drop load balancer runs tests/integration/templates-operator, whose
-    # backend template raises for services named raises-*.
+    # haproxy.cfg.j2 raises while rendering services named raises-*.
     syn_http = f"http://127.0.0.1:{stack.port('netns', 8080)}"
     stack.register("raises-1", "raises-here", "web-1", [ENABLE])
     stack.register("calm-1", "calm", "web-2", [ENABLE])

@@ -218,8 +218,8 @@ def test_state_json_and_figures_follow_the_loop(harness: Harness) -> None:
     harness.register("web", "web-1")
     harness.start_in_background()
     eventually(lambda: harness.routes("web.example.com", "web-1"))
-    state = eventually(lambda: harness.runner.paths.state_dir.joinpath("state.json").read_text())
-    assert '"web"' in state
+    state_json = harness.runner.paths.state_dir / "state.json"
+    eventually(lambda: '"web"' in state_json.read_text(), what="state.json naming web")
     figures = harness.runner.figures()
     assert figures.services_published == 1 and figures.servers_published == 1
     assert figures.consul_connections <= harness.settings.common.max_conns
