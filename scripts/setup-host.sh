@@ -3,7 +3,7 @@
 #  - Debian packages: Docker engine (docker.io), mmdebstrap (base image without a
 #    registry), Compose v2 (trixie's Go docker-compose, pinned: bookworm only has 1.29),
 #    Debian's docker-registry (push tests), haproxy (the fast tests run a real one),
-#    python3-venv, curl.
+#    python3-venv, curl, nghttp2-client (h2load, for `invoke bench tls`).
 #  - a running Docker engine (an existing one is used as it is);
 #  - the project's virtualenv in .venv with the project and its dev extra installed.
 # Idempotent and quiet when there is nothing to do. Each step is one progress line; its
@@ -56,6 +56,8 @@ command -v curl >/dev/null || missing+=(curl)
 command -v iptables >/dev/null || missing+=(iptables)
 # The fast tests run a real HAProxy (the runtime API, server state, reloads).
 command -v haproxy >/dev/null || missing+=(haproxy)
+# HTTP/1.1 and HTTP/2 load over TLS for `invoke bench tls`.
+command -v h2load >/dev/null || missing+=(nghttp2-client)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   # No init system here: keep package scripts from trying to start services.

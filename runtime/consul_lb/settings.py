@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from consul_lb.durations import DurationError, parse_duration, parse_wait
+from consul_lb.tls import settings as tls_settings
+from consul_lb.tls.settings import TlsSettings
 
 # HAProxy time format: a number with an optional unit (milliseconds without one).
 # `\Z`, not `$`: `$` also matches before a trailing newline.
@@ -100,6 +102,8 @@ class Settings:
     # "include": instances whose checks are in warning stay published.
     health_warning: str = "exclude"
     common: Common = Common()
+    # HTTPS frontend, certificate sources, TLS to backends (consul_lb/tls/settings.py).
+    tls: TlsSettings = TlsSettings()
 
     def public(self) -> dict[str, Any]:
         """Settings as plain values (for the dry run and the state endpoint)."""
@@ -266,14 +270,17 @@ def from_env(env: Mapping[str, str]) -> Settings:
             values["render_wait_min"], values["render_wait_max"] = parse_wait(raw_wait)
         except DurationError as exc:
             errors.append(f"HAPROXY_RENDER_WAIT: {exc}")
+    tls, bad = tls_settings.read(env)
+    errors += bad
     ports = {
         "HAPROXY_HTTP_PORT": values.get("http_port", 8080),
         "HAPROXY_STATS_PORT": values.get("stats_port", 4444),
         "HAPROXY_RUNTIME_PORT": values.get("runtime_port", 4445),
+        "HAPROXY_HTTPS_PORT": tls.https_port,
     }
     for (a, pa), (b, pb) in itertools.combinations(ports.items(), 2):
         if pa == pb:
             errors.append(f"{a} and {b} must differ (both {pa})")
     if errors:
         raise SettingsError(errors)
-    return Settings(**values, common=Common(**common))
+    return Settings(**values, common=Common(**common), tls=tls)

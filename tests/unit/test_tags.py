@@ -14,6 +14,10 @@ DEFAULTS = {
     "BACKEND.BALANCE": "roundrobin",
     "BACKEND.MAXCONN": None,
     "FRONTEND.PORT": None,
+    # issue 12 (TLS at the edge)
+    "FRONTEND.REDIRECT_HTTPS": False,
+    "FRONTEND.HSTS": None,
+    "BACKEND.TLS": False,
 }
 # tag key -> (tags that set it, the value it gives, invalid values). FRONTEND.PORT needs
 # a tcp service, so its cases bring HAPROXY.PROTOCOL=tcp along.
@@ -31,6 +35,17 @@ CASES: dict[str, tuple[tuple[str, ...], object, tuple[str, ...]]] = {
         5432,
         ("0", "65536", "99999", "-80", "80a", ""),
     ),
+    "FRONTEND.REDIRECT_HTTPS": (
+        ("HAPROXY.FRONTEND.REDIRECT_HTTPS=true",),
+        True,
+        ("yes", "1", "on", "", "true\nfrontend x"),
+    ),
+    "FRONTEND.HSTS": (
+        ("HAPROXY.FRONTEND.HSTS=31536000",),
+        31536000,
+        ("-1", "1y", "31536000; includeSubDomains", "315360001", "1e6", "", '"3600"'),
+    ),
+    "BACKEND.TLS": (("HAPROXY.BACKEND.TLS=true",), True, ("yes", "ssl", "", "true ")),
 }
 
 

@@ -36,6 +36,9 @@ BACKEND_OPTIONS = {
     "protocol": "HAPROXY.PROTOCOL",
     "balance": "HAPROXY.BACKEND.BALANCE",
     "frontend_port": "HAPROXY.FRONTEND.PORT",
+    "redirect_https": "HAPROXY.FRONTEND.REDIRECT_HTTPS",
+    "hsts": "HAPROXY.FRONTEND.HSTS",
+    "backend_tls": "HAPROXY.BACKEND.TLS",
 }
 
 
@@ -163,6 +166,9 @@ def candidate(service: Service, settings: Settings) -> Candidate | None:
         balance=options.balance,
         frontend_port=options.frontend_port,
         servers=servers,
+        redirect_https=options.redirect_https,
+        hsts=options.hsts,
+        tls=options.backend_tls,
     )
     return Candidate(backend, None, tuple(f"service {service.name!r}: {p}" for p in problems), age)
 
@@ -216,6 +222,8 @@ def build(
         settings.http_port: "the http frontend",
         settings.stats_port: "the stats frontend",
     }
+    if settings.tls.enabled:
+        owners[settings.tls.https_port] = "the https frontend"
 
     def claim_order(c: Candidate) -> tuple[int, int, str]:
         b = c.backend

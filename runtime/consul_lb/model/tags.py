@@ -43,6 +43,9 @@ class ServiceOptions:
     balance: str = "roundrobin"
     maxconn: int | None = None
     frontend_port: int | None = None
+    redirect_https: bool = False  # plain-http requests get a 308 to https
+    hsts: int | None = None  # Strict-Transport-Security max-age, seconds
+    backend_tls: bool = False  # HAProxy speaks TLS to the instances
 
 
 def _bool(raw: str) -> bool:
@@ -77,6 +80,16 @@ def _bounded_int(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+# Ten years: above any HSTS max-age in use (two years is the preload list's minimum).
+HSTS_MAX = 315_360_000
+
+
+def _max_age(raw: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,9}", raw) or int(raw) > HSTS_MAX:
+        raise TagError(f"expected a max-age in seconds 0..{HSTS_MAX}, got {printable(raw)}")
+    return int(raw)
+
+
 # tag key (after the prefix) -> (field of ServiceOptions, parser)
 TAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "ENABLE": ("enabled", _bool),
@@ -84,6 +97,9 @@ TAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "BACKEND.BALANCE": ("balance", _balance),
     "BACKEND.MAXCONN": ("maxconn", _bounded_int(1, 1_000_000)),
     "FRONTEND.PORT": ("frontend_port", _bounded_int(1, MAX_PORT)),
+    "FRONTEND.REDIRECT_HTTPS": ("redirect_https", _bool),
+    "FRONTEND.HSTS": ("hsts", _max_age),
+    "BACKEND.TLS": ("backend_tls", _bool),
 }
 
 
@@ -113,6 +129,10 @@ def parse_tags(tags: Iterable[str]) -> ServiceOptions:
         raise TagError(
             f"HAPROXY.BACKEND.BALANCE={options.balance} needs HTTP; tcp services can use "
             "roundrobin, static-rr, leastconn, first, source, random or rdp-cookie"
+        )
+    if options.protocol == "tcp" and (options.redirect_https or options.hsts is not None):
+        raise TagError(
+            "HAPROXY.FRONTEND.REDIRECT_HTTPS and HAPROXY.FRONTEND.HSTS apply to http services"
         )
     if options.protocol == "http" and options.frontend_port is not None:
         raise TagError(

@@ -24,6 +24,9 @@ class Backend:
     balance: str
     frontend_port: int | None
     servers: tuple[Server, ...]
+    redirect_https: bool = False  # HAPROXY.FRONTEND.REDIRECT_HTTPS
+    hsts: int | None = None  # HAPROXY.FRONTEND.HSTS (max-age, seconds)
+    tls: bool = False  # HAPROXY.BACKEND.TLS: TLS to the servers
 
 
 @dataclass(frozen=True, slots=True)
