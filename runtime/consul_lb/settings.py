@@ -103,7 +103,7 @@ class Settings:
     health_warning: str = "exclude"
     common: Common = Common()
     # HTTPS frontend, certificate sources, TLS to backends (consul_lb/tls/settings.py).
-    tls: TlsSettings = TlsSettings()
+    tls: TlsSettings = TlsSettings()  # noqa: RUF009 (frozen: one shared default is safe)
 
     def public(self) -> dict[str, Any]:
         """Settings as plain values (for the dry run and the state endpoint)."""
