@@ -20,6 +20,7 @@ import jinja2
 from consul_lb.haproxy.limits import Limits
 from consul_lb.model import Backend, LoadBalancer, Server
 from consul_lb.settings import Settings
+from consul_lb.tls.certs import TlsView
 
 # The shipped templates: in the images under /usr/share, from a checkout next to the
 # package.
@@ -54,15 +55,26 @@ def server_address(address: str) -> str:
     return f"ipv6@{address}" if ":" in address else address
 
 
-def server_options(server: Server, checks: bool = True, dynamic: bool = False) -> str:
+def server_options(
+    server: Server, checks: bool = True, dynamic: bool = False, tls: str = ""
+) -> str:
     """What follows ``<name> <addr>:<port>`` on a server line. ``dynamic`` adds what a
-    rendered server gets from ``default-server``, which ``add server`` does not read."""
+    rendered server gets from ``default-server``, which ``add server`` does not read;
+    ``tls`` is ``server_tls(...)`` for a backend with HAPROXY.BACKEND.TLS, else empty."""
     parts = [CHECK_OPTIONS] if dynamic else []
     if checks:
         parts.append("check")
     if server.maxconn is not None:
         parts.append(f"maxconn {server.maxconn}")
+    if tls:
+        parts.append(tls)
     return " ".join(parts)
+
+
+def server_tls(ca_file: Path | None) -> str:
+    """The server options of TLS to instances (HAPROXY.BACKEND.TLS): verified against
+    HAPROXY_BACKEND_CA_FILE, or not verified without one. Health checks use TLS too."""
+    return f"ssl verify required ca-file {ca_file}" if ca_file else "ssl verify none"
 
 
 def environment(search_path: Sequence[Path]) -> jinja2.Environment:
@@ -82,6 +94,7 @@ def environment(search_path: Sequence[Path]) -> jinja2.Environment:
     env.filters["server_address"] = server_address
     env.globals["server_options"] = server_options
     env.globals["check_options"] = CHECK_OPTIONS
+    env.globals["server_tls"] = server_tls
     return env
 
 
@@ -122,17 +135,19 @@ class Renderer:
         self.settings = settings
         self.paths = paths
         self.env = environment([*template_dirs, SHIPPED_TEMPLATES])
-        self.sections: dict[tuple[Backend, bool], str] = {}
+        self.sections: dict[tuple[Backend, bool, TlsView], str] = {}
+        # Set by the TLS manager (consul_lb/tls/manager.py) before each render.
+        self.tls = TlsView()
 
     def render(self, lb: LoadBalancer, limits: Limits, waiting: bool = False) -> HaproxyFiles:
         """The files for ``lb``; ``waiting`` makes the health URI fail until the first
         complete read of Consul. Raises whatever the template raises (jinja2 errors, or
         any exception from an operator's template): the caller contains it."""
-        sections: dict[tuple[Backend, bool], str] = {}
+        sections: dict[tuple[Backend, bool, TlsView], str] = {}
         backend_template = self.env.get_template(BACKEND_TEMPLATE)
 
         def backend_section(b: Backend) -> str:
-            key = (b, limits.checks)
+            key = (b, limits.checks, self.tls)
             text = sections.get(key) or self.sections.get(key)
             if text is None:
                 text = backend_template.render(self._context(lb, limits, b=b))
@@ -153,5 +168,6 @@ class Renderer:
             "paths": self.paths,
             "hosts_map": HOSTS_MAP,
             "health_map": HEALTH_MAP,
+            "tls": self.tls,
             **extra,
         }

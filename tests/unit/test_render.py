@@ -73,10 +73,14 @@ def test_http_backend_block_of_the_contract() -> None:
         "option tcp-check",
         "default-server inter 10s fall 1 init-addr last,libc,none",
         "http-request set-header X-Forwarded-Port %[dst_port]",
-        "http-request add-header X-Forwarded-Proto https if { ssl_fc }",
         "server www-1 10.0.0.1:8000 check",
         "server www-2 10.0.0.2:8001 check",
     ]
+    # X-Forwarded-Proto is set by each frontend (issue 12), no longer added by the
+    # backend "if { ssl_fc }".
+    frontend = block(files.config, "frontend http")
+    assert "http-request set-header X-Forwarded-Proto http" in frontend
+    assert "http-request del-header X-Forwarded-For" in frontend
 
 
 def test_balance_and_maxconn_tags() -> None:

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from consul_lb.model import Backend, LoadBalancer, Server
-from consul_lb.render import server_address, server_options
+from consul_lb.render import server_address, server_options, server_tls
 
 log = logging.getLogger("runtime-api")
 
@@ -126,6 +126,8 @@ class RuntimeApi:
         self.commands = 0
         # Follows the rendered configuration (see limits.fit: checks may not fit).
         self.checks = True
+        # Server options of backends with HAPROXY.BACKEND.TLS (render.server_tls).
+        self.server_tls = server_tls(None)
 
     def _run(self, command: str, success: tuple[str, ...] = ()) -> None:
         """One command; HAProxy answers nothing on success, except for the commands whose
@@ -180,7 +182,7 @@ class RuntimeApi:
         self._run(
             f"add server {be}/{server.name} "
             f"{server_address(server.address)}:{server.port} "
-            f"{server_options(server, self.checks, dynamic=True)}",
+            f"{server_options(server, self.checks, True, self.server_tls if backend.tls else '')}",
             success=("New server registered",),
         )
         if self.checks:

@@ -26,7 +26,14 @@ from consul_lb.haproxy.limits import Limits, fit
 from consul_lb.haproxy.process import Haproxy, ReloadError
 from consul_lb.haproxy.runtime_api import RuntimeApi, RuntimeApiError, server_only_changes
 from consul_lb.manager import isolate
-from consul_lb.render import DRAINING, HEALTH_MAP, HOSTS_MAP, HaproxyFiles, Renderer
+from consul_lb.render import (
+    DRAINING,
+    HEALTH_MAP,
+    HOSTS_MAP,
+    HaproxyFiles,
+    Renderer,
+    server_tls,
+)
 from consul_lb.settings import Settings
 
 log = logging.getLogger("apply")
@@ -57,7 +64,8 @@ def reason(failure: str) -> str:
 
 
 def frontend_ports(lb: model.LoadBalancer, settings: Settings) -> list[int]:
-    return [settings.http_port, settings.stats_port, *sorted(lb.ports)]
+    https = [settings.tls.https_port] if settings.tls.enabled else []
+    return [settings.http_port, settings.stats_port, *https, *sorted(lb.ports)]
 
 
 @dataclass
@@ -118,6 +126,7 @@ class Applier:
 
     def __post_init__(self) -> None:
         self.api = RuntimeApi(self.haproxy.admin, self.settings.server_drain_timeout)
+        self.api.server_tls = server_tls(self.settings.tls.backend_ca_file)
 
     # -- planning (also the dry run) --------------------------------------------------
     def plan(self, catalog: Catalog, waiting: bool = False) -> Plan:
