@@ -101,10 +101,15 @@ class FakeConsul:
             self.entries[service_id].status = status
             self._bump(checks=True)
 
-    def put_key(self, key: str, value: str) -> None:
+    def put_key(self, key: str, value: str | bytes) -> None:
         with self.lock:
             self.kv_index = self._bump()
-            self.kv[key] = (value.encode(), self.kv_index)
+            self.kv[key] = (value.encode() if isinstance(value, str) else value, self.kv_index)
+
+    def delete_key(self, key: str) -> None:
+        with self.lock:
+            self.kv_index = self._bump()
+            self.kv.pop(key, None)
 
     # -- answers ----------------------------------------------------------------------
     def _wait(self, table: str, query: dict[str, str]) -> None:
@@ -153,6 +158,18 @@ class FakeConsul:
             if m:
                 key = unquote(m.group(1))
                 self._wait("kv", query)
+                if "recurse" in query:  # every key under the prefix
+                    under = sorted((k, v) for k, v in self.kv.items() if k.startswith(key))
+                    if not under:
+                        return 404, None, self.kv_index
+                    return (
+                        200,
+                        [
+                            {"Key": k, "Value": base64.b64encode(v).decode(), "ModifyIndex": m}
+                            for k, (v, m) in under
+                        ],
+                        self.kv_index,
+                    )
                 if key not in self.kv:
                     return 404, None, self.kv_index
                 value, modify = self.kv[key]

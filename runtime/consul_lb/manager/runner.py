@@ -33,11 +33,13 @@ from consul_lb.observe.endpoints import Observer, Sources, start_server
 from consul_lb.observe.metrics import Figures, WatchFigures
 from consul_lb.render import HaproxyFiles, Renderer
 from consul_lb.settings import Settings
+from consul_lb.tls.manager import Tls
 
 log = logging.getLogger("manager")
 
 DRAIN_TICK = 0.5  # seconds between two looks at draining servers
 RETRY_MAX = 60.0  # longest pause before a failed change is tried again
+CERTS = "certs"  # a certificate source changed (consul_lb/tls/sources.py)
 
 
 class StartError(RuntimeError):
@@ -62,6 +64,14 @@ class Runner:
         self.client = ConsulClient(consul, settings.common.max_conns, settings.common.max_stale)
         self.watcher = CatalogWatcher(self.client, wants, lambda: self.loop.post(Event(CHANGED)))
         self.watcher.outage.context = self.outage_context
+        self.tls = Tls(
+            settings,
+            self.haproxy,
+            lambda view: setattr(self.renderer, "tls", view),
+            self.client,
+            lambda: self.loop.post(Event(CERTS)),
+            self.watcher.outage,
+        )
         self.errors: dict[str, int] = {}
         self.last_error = ""
         self.waiting = True  # until the first complete read of Consul
@@ -78,6 +88,7 @@ class Runner:
         StartError for what no later change can fix."""
         self.paths.state_dir.mkdir(parents=True, exist_ok=True)
         self.haproxy.prepare()
+        self.tls.prepare()  # certificates already in the directory: HTTPS from the start
         try:
             plan = self.applier.plan(Catalog(), waiting=True)
         except Exception as exc:
@@ -106,6 +117,7 @@ class Runner:
             raise StartError(f"haproxy does not start: {exc} (see its messages above)") from exc
         self.applier.current, self.applier.applied = files, lb
         self.applier.counters.last_reload = time.time()
+        self.tls.settle("reload")
 
     def outage_context(self) -> str:
         if self.applier.applied is None:
@@ -129,6 +141,7 @@ class Runner:
 
     def run_loop(self) -> None:
         self.watcher.start()
+        self.tls.start()
         if self.settings.resync_interval > 0:
             self.loop.after("resync", self.settings.resync_interval)
         while not self.stopping:
@@ -171,6 +184,11 @@ class Runner:
         elif kind == "drain":
             if self.applier.sweep():
                 self.loop.after("drain", DRAIN_TICK)
+        elif kind == CERTS:
+            # A burst (a bundle and its key written one after the other) is one change.
+            self.loop.after("apply-certs", self.settings.render_wait_min)
+        elif kind == "apply-certs":
+            self.apply_certs()
         elif kind == "resync":
             self.watcher.resync()
             self.loop.after("resync", self.settings.resync_interval)
@@ -194,6 +212,8 @@ class Runner:
             self.loop.after("retry", delay)
             return
         self.failures["apply"] = 0
+        self.tls.settle(outcome)
+        self.tls.report_backends(self.applier.applied)
         if outcome in ("runtime_api", "reload"):
             self.last_change = self.applier.timeline
         if self.waiting and outcome in ("runtime_api", "reload", "unchanged"):
@@ -208,6 +228,15 @@ class Runner:
                 )
         if self.applier.api.draining and not self.loop.pending("drain"):
             self.loop.after("drain", DRAIN_TICK)
+
+    def apply_certs(self) -> None:
+        """Certificates changed: through the runtime API, or a render when haproxy.cfg
+        changes with them (the first certificate, the last, another default)."""
+        then = self.tls.apply()
+        if then == "force":
+            self.force = True
+        if then in ("render", "force"):
+            self.loop.after("render", 0)
 
     def restart(self) -> None:
         try:
@@ -233,6 +262,7 @@ class Runner:
         """SIGTERM: fail the health URI first so that upstream balancers and Consul checks
         take this instance out, wait, then let HAProxy finish open connections and exit."""
         self.watcher.stop()
+        self.tls.stop()
         if not self.haproxy.running():
             return 0
         log.info("SIGTERM: health check now fails; draining for %.1fs", self.settings.drain_seconds)
@@ -261,6 +291,7 @@ class Runner:
         state["last_reload"] = self.applier.counters.last_reload or None
         state["unreadable_services"] = self.watcher.missing()
         state["last_change"] = dataclasses.asdict(self.last_change) if self.last_change else None
+        state["tls"] = self.tls.state()
         return state
 
     def figures(self) -> Figures:
@@ -286,6 +317,8 @@ class Runner:
             services_published=len(backends),
             servers_published=sum(len(b.servers) for b in backends),
             services_skipped=len(lb.skipped) if lb else 0,
+            certificates=self.tls.figures()[0],
+            certificates_skipped=self.tls.figures()[1],
             waiting=self.waiting,
             errors=dict(self.errors),
             watches=[

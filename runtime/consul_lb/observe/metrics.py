@@ -50,6 +50,8 @@ class Figures:
     waiting: bool = False
     errors: dict[str, int] = field(default_factory=dict)
     watches: list[WatchFigures] = field(default_factory=list)
+    certificates: list[tuple[str, float]] = field(default_factory=list)  # (name, not after)
+    certificates_skipped: int = 0
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
@@ -170,6 +172,19 @@ class RuntimeCollector(Collector):
             "consul_lb_services_skipped",
             "Services tagged for HAProxy but left out for bad input (see /_consul_lb/state)",
             f.services_skipped,
+        )
+        expiry = GaugeMetricFamily(
+            "consul_lb_certificate_expiry_timestamp_seconds",
+            "Unix time each certificate served on the https frontend expires",
+            labels=["name"],
+        )
+        for name, not_after in f.certificates:
+            expiry.add_metric([name], not_after)
+        yield expiry
+        yield _gauge(
+            "consul_lb_certificates_skipped",
+            "Certificate bundles not served for bad input (the reasons are in /_consul_lb/state)",
+            f.certificates_skipped,
         )
 
 
