@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.certs import Ca, Leaf
+from devtools.certs import Ca, Leaf
 from tests.integration.conftest import Stack, wait_until
 
 pytestmark = pytest.mark.integration

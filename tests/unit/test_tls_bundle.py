@@ -10,7 +10,7 @@ from consul_lb.tls.sources import decode_entries
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from tests.certs import Ca, rsa_key
+from devtools.certs import Ca, rsa_key
 
 CA = Ca()
 WWW = CA.issue("www.example.com")

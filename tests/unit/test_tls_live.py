@@ -19,7 +19,7 @@ import pytest
 from consul_lb.observe.metrics import exposition
 from consul_lb.tls.settings import TlsSettings
 
-from tests.certs import Ca
+from devtools.certs import Ca
 from tests.unit.fake_consul import FakeConsul
 from tests.unit.local_haproxy import free_port
 from tests.unit.test_runner import Harness, eventually

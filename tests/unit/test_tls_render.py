@@ -19,7 +19,7 @@ from consul_lb.render import Renderer
 from consul_lb.settings import from_env
 from consul_lb.tls.certs import TlsView
 
-from tests.certs import Ca
+from devtools.certs import Ca
 from tests.unit.local_haproxy import Stack, catalog, make_stack, stop
 from tests.unit.test_render import LIMITS, PATHS, TEMPLATES, block, render
 

@@ -1,6 +1,6 @@
-"""Certificates made for the tests with ``cryptography``: a CA, and leaf bundles (leaf,
-chain, key in one PEM, HAProxy's ``crt`` convention) signed by it. Used by the unit and
-the integration tests alike; nothing is checked in."""
+"""Certificates made with ``cryptography`` for the tests and ``invoke bench tls``: a CA, and
+leaf bundles (leaf, chain, key in one PEM, HAProxy's ``crt`` convention) signed by it.
+Nothing is checked in."""
 
 from __future__ import annotations
 
