@@ -298,12 +298,13 @@ def deploy(
         raise _fail(exc) from None
 
 
-BENCHES = ("reload", "render", "converge")
+BENCHES = ("reload", "render", "converge", "tls")
 
 
 BENCH_HELP = {
     "name": f"NAME: which benchmark, one of {', '.join(BENCHES)} (the first argument)",
-    "duration": "SECONDS under load per strategy and mode, for reload (default 30)",
+    "duration": "SECONDS under load: per strategy and mode for reload (default 30), per row "
+    "for tls (default 10)",
     "interval": "SECONDS between two reloads, for reload (default 0.1)",
     "strategies": "LIST: comma-separated subset of none,naive,syn-drop,seamless, for reload",
     "rounds": "N registrations to time, for converge (default 100)",
@@ -316,14 +317,14 @@ BENCH_HELP = {
 def bench(
     c: Context,
     name: str,
-    duration: str = "30",
+    duration: str = "",
     interval: str = "0.1",
     strategies: str = "none,naive,syn-drop,seamless",
     rounds: str = "100",
     namespace: str = DEFAULT_NAMESPACE,
     tag: str = DEFAULT_TAG,
 ) -> None:
-    """Run a benchmark (reload, render, converge) against the built images and print a table."""
+    """Run a benchmark (reload, render, converge, tls) against the built images; print a table."""
     if name in ("-h", "--help"):
         # Invoke gives a --help right after the task to its first argument, NAME. Its parser
         # has used up the task's help texts by now: show them from a new copy of the task.
@@ -336,7 +337,7 @@ def bench(
 
         bench_reload.main(
             names,
-            _number("duration", duration, float, 1),
+            _number("duration", duration or "30", float, 1),
             _number("interval", interval, float, 0.001),
             tuple(strategies.split(",")),
         )
@@ -348,5 +349,9 @@ def bench(
         from devtools import bench_render
 
         bench_render.main(names)
+    elif name == "tls":
+        from devtools import bench_tls
+
+        bench_tls.main(names, _number("duration", duration or "10", float, 1))
     else:
         raise Exit(f"error: unknown benchmark {name!r}; choose one of {', '.join(BENCHES)}")
