@@ -4,13 +4,16 @@ HAProxy of the project's image.
 Tags are read per instance (README, "Service tags"), so each generated instance carries
 its own: instances of one service that disagree on protocol, balance or frontend port
 (a rolling deploy), instances without ``HAPROXY.ENABLE=true``, each instance with its own
-``HAPROXY.BACKEND.MAXCONN`` or none, instances that pass, warn or fail their checks, each
+``HAPROXY.BACKEND.MAXCONN`` or none, the TLS tags (``HAPROXY.FRONTEND.REDIRECT_HTTPS``,
+``HAPROXY.FRONTEND.HSTS``, ``HAPROXY.BACKEND.TLS``), instances that pass, warn or fail
+their checks, each
 registered at its own Consul ``CreateIndex``; some examples also say which tcp ports the
 running load balancer holds. Next to clean services, hostile ones: names that are not DNS
 labels, tag values with whitespace, newlines, ``#``, quotes, backslashes, control and
 non-ASCII characters or thousands of characters, unknown ``HAPROXY.*`` tags, duplicate
 and conflicting tags, ports out of range, and instances with hostile addresses, IDs and
-nodes. Three things are checked for every example:
+nodes. One example in four renders as with a certificate served (the https frontend
+bound, the redirect rendered). Three things are checked for every example:
 
 1. entitlement, against an oracle written here from the README's contract rather than
    from runtime/consul_lb/model/ (it imports data types only): which services are
@@ -51,10 +54,12 @@ from consul_lb.haproxy.files import Paths
 from consul_lb.haproxy.limits import Limits, fit
 from consul_lb.render import BACKEND_TEMPLATE, HAPROXY_TEMPLATE, HaproxyFiles, Renderer
 from consul_lb.settings import from_env
+from consul_lb.tls.certs import TlsView
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from devtools import images
+from devtools.certs import Ca
 from devtools.haproxy_check import CheckResult, HaproxyChecker
 from tests.integration.conftest import image_names, require_images
 
@@ -177,6 +182,11 @@ GOOD_VALUES: dict[str, st.SearchStrategy[str]] = {
     "FRONTEND.PORT": st.one_of(
         st.sampled_from([1, 80, 4444, 8080, 9000, 9001, 65535]), st.integers(1, 65535)
     ).map(str),
+    "FRONTEND.REDIRECT_HTTPS": st.sampled_from(["true", "true", "false", "True"]),
+    "FRONTEND.HSTS": st.one_of(
+        st.sampled_from([0, 1, 31536000, 63072000, 315360000]), st.integers(0, 315360000)
+    ).map(str),
+    "BACKEND.TLS": st.sampled_from(["true", "true", "false", "TRUE"]),
 }
 # Values a careless parser might take; none carries the marker.
 INVALID_VALUES: dict[str, tuple[str, ...]] = {
@@ -197,6 +207,9 @@ INVALID_VALUES: dict[str, tuple[str, ...]] = {
     ),
     "BACKEND.MAXCONN": ("", "0", "-1", "1000001", "1e3", "10000000", "12345678", "0x10", " 5"),
     "FRONTEND.PORT": ("", "0", "-1", "65536", "99999", "80.0", "8080 ", "1234567"),
+    "FRONTEND.REDIRECT_HTTPS": ("", "yes", "1", "https", "true "),
+    "FRONTEND.HSTS": ("", "-1", "315360001", "1y", "31536000; preload", "1e6", "0x10"),
+    "BACKEND.TLS": ("", "ssl", "on", "verify", " true"),
 }
 UNKNOWN_KEYS = (
     "ENABLED",
@@ -262,6 +275,9 @@ def instance_tags(draw: st.DrawFn, clean: bool = False) -> list[str]:
         tags.append("HAPROXY.PROTOCOL=http")
     for key in ("BACKEND.BALANCE", "BACKEND.MAXCONN"):
         if draw(st.booleans()):
+            tags.append(draw(good_tag(key)))
+    for key in ("FRONTEND.REDIRECT_HTTPS", "FRONTEND.HSTS", "BACKEND.TLS"):
+        if draw(st.integers(0, 3)) == 0:
             tags.append(draw(good_tag(key)))
     tags += draw(st.lists(FOREIGN_TAGS, max_size=2))
     if not clean and draw(st.booleans()):
@@ -406,6 +422,10 @@ TAG_VALID: dict[str, Callable[[str], bool]] = {
     "BACKEND.BALANCE": lambda v: v in BALANCE_SIMPLE or bool(re.fullmatch(BALANCE_ARG, v)),
     "BACKEND.MAXCONN": lambda v: bool(INT_VALUE.fullmatch(v)) and int(v) <= 1_000_000,
     "FRONTEND.PORT": lambda v: bool(INT_VALUE.fullmatch(v)) and int(v) <= 65535,
+    # README: true or false; a max-age in seconds, 0 to ten years.
+    "FRONTEND.REDIRECT_HTTPS": lambda v: v.isascii() and v.lower() in {"true", "false"},
+    "FRONTEND.HSTS": lambda v: bool(re.fullmatch(r"[0-9]{1,9}", v)) and int(v) <= 315360000,
+    "BACKEND.TLS": lambda v: v.isascii() and v.lower() in {"true", "false"},
 }
 # The README: "uri, hdr and url_param read HTTP: http services only".
 HTTP_ONLY = re.compile(r"uri|hdr\(.*|url_param .*")
@@ -435,6 +455,10 @@ INTERPRETATIONS = [
 ]
 
 
+# protocol, balance, tcp port, redirect to https, HSTS max-age, TLS to the instances
+Shape = tuple[str, str, int | None, bool, int | None, bool]
+
+
 @dataclass(frozen=True)
 class Reading:
     """What one instance's ``HAPROXY.*`` tags say, per the README's table."""
@@ -446,10 +470,14 @@ class Reading:
     balance: str = "roundrobin"
     port: int | None = None
     maxconn: int | None = None
+    redirect: bool = False
+    hsts: int | None = None
+    tls: bool = False
 
     @property
-    def shape(self) -> tuple[str, str, int | None]:
-        return self.protocol, self.balance, self.port
+    def shape(self) -> Shape:
+        """What is one per backend."""
+        return self.protocol, self.balance, self.port, self.redirect, self.hsts, self.tls
 
 
 def read_tags(tags: Sequence[str], strict_duplicates: bool) -> Reading | None:
@@ -478,6 +506,10 @@ def read_tags(tags: Sequence[str], strict_duplicates: bool) -> Reading | None:
         protocol == "tcp" and HTTP_ONLY.fullmatch(balance)
     ):
         malformed = True
+    redirect = options.get("FRONTEND.REDIRECT_HTTPS", "false").lower() == "true"
+    # README: redirect and HSTS are for http services.
+    if protocol == "tcp" and (redirect or "FRONTEND.HSTS" in options):
+        malformed = True
     asks = enable == {"true"}
     if malformed:
         return Reading(malformed=True, enabled=False, asks=asks)
@@ -489,6 +521,9 @@ def read_tags(tags: Sequence[str], strict_duplicates: bool) -> Reading | None:
         balance=balance,
         port=int(options["FRONTEND.PORT"]) if "FRONTEND.PORT" in options else None,
         maxconn=int(options["BACKEND.MAXCONN"]) if "BACKEND.MAXCONN" in options else None,
+        redirect=redirect,
+        hsts=int(options["FRONTEND.HSTS"]) if "FRONTEND.HSTS" in options else None,
+        tls=options.get("BACKEND.TLS", "false").lower() == "true",
     )
 
 
@@ -497,7 +532,7 @@ class Entitled:
     """What one service is entitled to under one interpretation."""
 
     outcomes: frozenset[str]
-    shape: tuple[str, str, int | None] = ("http", "roundrobin", None)
+    shape: Shape = ("http", "roundrobin", None, False, None, False)
     servers: tuple[tuple[Instance, Reading], ...] = ()  # passing, enabled, valid port
     age: int = 0
     malformed: int = 0  # instances left out for their tags (each logged)
@@ -595,10 +630,9 @@ def differences(entitled: Mapping[str, Entitled], lb: model.LoadBalancer) -> lis
         if actual != PUBLISHED:
             continue
         b = published[name]
-        protocol, balance, port = e.shape
-        got = (b.name, b.protocol, b.balance, b.frontend_port)
-        if got != (f"{name}.{DOMAIN}", protocol, balance, port):
-            out.append(f"service {name!r}: backend {got}, expected {(protocol, balance, port)}")
+        got = (b.protocol, b.balance, b.frontend_port, b.redirect_https, b.hsts, b.tls)
+        if b.name != f"{name}.{DOMAIN}" or got != e.shape:
+            out.append(f"service {name!r}: backend {b.name} {got}, expected {e.shape}")
         out += [f"service {name!r}: {p}" for p in server_differences(e.servers, b.servers)]
     return out
 
@@ -693,8 +727,11 @@ class Expected:
     forbidden: tuple[str, ...] = ()
 
 
-def expected_dynamic_sections(lb: model.LoadBalancer, limits: Limits) -> list[Expected]:
-    """The model's frontends and backends as the templates' value-carrying lines."""
+def expected_dynamic_sections(
+    lb: model.LoadBalancer, limits: Limits, serving: bool = False
+) -> list[Expected]:
+    """The model's frontends and backends as the templates' value-carrying lines;
+    ``serving``: a certificate is served (the https frontend is bound)."""
     out: list[Expected] = []
     for b in lb.tcp_backends:
         out.append(
@@ -714,14 +751,27 @@ def expected_dynamic_sections(lb: model.LoadBalancer, limits: Limits) -> list[Ex
         http_only = [
             "option forwardfor",
             "http-request set-header X-Forwarded-Port %[dst_port]",
-            "http-request add-header X-Forwarded-Proto https if { ssl_fc }",
         ]
         lines += http_only if http else []
+        # README: a 308 to https, same host and path, the port named unless 443 (only
+        # while a certificate is served); HSTS on https responses.
+        if b.redirect_https and serving:
+            lines.append(
+                "http-request redirect code 308 location "
+                "https://%[req.hdr(host),field(1,:)]:8443%[pathq] unless { ssl_fc }"
+            )
+        if b.hsts is not None:
+            lines.append(
+                "http-response set-header Strict-Transport-Security "
+                f'"max-age={b.hsts}" if {{ ssl_fc }}'
+            )
         for s in b.servers:
             address = f"ipv6@{s.address}" if ":" in s.address else s.address
             check = " check" if limits.checks else ""
             maxconn = f" maxconn {s.maxconn}" if s.maxconn is not None else ""
-            lines.append(f"server {s.name} {address}:{s.port}{check}{maxconn}")
+            # README: TLS to the instances, not verified without HAPROXY_BACKEND_CA_FILE.
+            tls = " ssl verify none" if b.tls else ""
+            lines.append(f"server {s.name} {address}:{s.port}{check}{maxconn}{tls}")
         out.append(Expected(f"backend {b.name}", lines, () if http else tuple(http_only)))
     return [
         Expected(e.header, [f"    {v}" for v in e.values], tuple(f"    {f}" for f in e.forbidden))
@@ -759,8 +809,9 @@ def check_dynamic_sections(
     lb: model.LoadBalancer,
     limits: Limits,
     literals: Mapping[str, set[str]],
+    serving: bool = False,
 ) -> None:
-    expected = expected_dynamic_sections(lb, limits)
+    expected = expected_dynamic_sections(lb, limits, serving)
     assert [h for h, _ in sections] == [e.header for e in expected], "sections differ from model"
     for (header, body), want in zip(sections, expected, strict=True):
         static = literals[header.split()[0]]
@@ -791,6 +842,7 @@ def check_output(
     files: HaproxyFiles,
     fixed: list[tuple[str, list[str]]],
     literals: Mapping[str, set[str]],
+    serving: bool = False,
 ) -> None:
     texts = files.files().values()
     assert all(printable_ascii(text) and MARK not in text for text in texts)
@@ -804,7 +856,7 @@ def check_output(
         "",
     ]
     assert sections[: len(fixed)] == fixed, "the fixed sections changed with the catalog"
-    check_dynamic_sections(sections[len(fixed) :], lb, limits, literals)
+    check_dynamic_sections(sections[len(fixed) :], lb, limits, literals, serving)
     # README: each http host, and its absolute form with a trailing dot, to its backend.
     hosts = [f"{h} {b.name}\n" for b in lb.http_backends for h in (b.name, f"{b.name}.")]
     assert sorted(files.hosts_map.splitlines(keepends=True)) == sorted(hosts), files.hosts_map
@@ -824,6 +876,32 @@ def check_log_lines(lb: model.LoadBalancer, problems: Sequence[str]) -> None:
 
 
 # ---------------------------------------------------------------- the test
+
+
+# A certificate served: the https frontend's crt-list, in the live directory.
+SERVING = TlsView(True, "default.pem", f"{PATHS['live']}/certs.list")
+CERT = Ca().issue("default.example.com").bundle.decode()
+
+
+def renderer_for(serving: bool) -> Renderer:
+    renderer = Renderer(SETTINGS, PATHS)
+    if serving:
+        renderer.tls = SERVING
+    return renderer
+
+
+def checkable(files: HaproxyFiles) -> dict[str, str]:
+    """The files for haproxy -c. The checker copies plain files next to haproxy.cfg; a
+    crt-list names its certificates by absolute path, so the check loads the certificate
+    with ``crt`` instead (the crt-list itself is tested against HAProxy elsewhere)."""
+    found = files.files()
+    crt_list = f"crt-list {SERVING.crt_list}"
+    if crt_list in found["haproxy.cfg"]:
+        found["haproxy.cfg"] = found["haproxy.cfg"].replace(
+            crt_list, f"crt {PATHS['live']}/default.pem"
+        )
+        found["default.pem"] = CERT
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -947,14 +1025,24 @@ def test_hostile_catalogs_render_entitled_configs_that_haproxy_accepts(
     unchecked = dataclasses.replace(limits, checks=False)
     # One renderer for the whole run, as the runtime keeps one: its per-backend cache
     # must not change what it renders (checked against a fresh renderer each time).
-    renderer = Renderer(SETTINGS, PATHS)
+    renderers = {serving: renderer_for(serving) for serving in (False, True)}
     cache = model.Candidates()
     empty = model.LoadBalancer((), ())
     fixed = {
-        lim.checks: parse_sections(Renderer(SETTINGS, PATHS).render(empty, lim).config)[1]
+        (lim.checks, serving): parse_sections(renderer_for(serving).render(empty, lim).config)[1]
         for lim in (limits, unchecked)
+        for serving in (False, True)
     }
-    assert [head for head, _ in fixed[True]] == [
+    assert [head for head, _ in fixed[True, True]] == [
+        "global",
+        "defaults",
+        "frontend stats",
+        "frontend http",
+        "frontend https",
+        "backend consul_lb_stats",
+        "backend consul_lb_runtime",
+    ]
+    assert [head for head, _ in fixed[True, False]] == [
         "global",
         "defaults",
         "frontend stats",
@@ -962,7 +1050,7 @@ def test_hostile_catalogs_render_entitled_configs_that_haproxy_accepts(
         "backend consul_lb_stats",
         "backend consul_lb_runtime",
     ]
-    literals = template_literals(renderer.env)
+    literals = template_literals(renderers[False].env)
     examples: list[tuple[Catalog, str, str]] = []  # catalog, config, digest of the files
     futures: dict[str, Future[CheckResult]] = {}
     totals: Counter[str] = Counter()
@@ -984,6 +1072,8 @@ def test_hostile_catalogs_render_entitled_configs_that_haproxy_accepts(
     @example(NONE_PASSING, 1)
     def run(scenario: Scenario, variant: int) -> None:
         lim = unchecked if variant == 0 else limits
+        serving = variant == 3  # a certificate is served: the https frontend is bound
+        renderer = renderers[serving]
         catalog = to_catalog(scenario)
         lb, problems = model.build(catalog, SETTINGS, scenario.held)
         # The runtime keeps a cache of services across builds: it changes nothing.
@@ -991,12 +1081,12 @@ def test_hostile_catalogs_render_entitled_configs_that_haproxy_accepts(
         interp, entitled = check_entitlement(scenario, lb, problems)
         files = renderer.render(lb, lim)
         assert renderer.render(lb, lim) == files, "a render from the cache differs"
-        assert Renderer(SETTINGS, PATHS).render(lb, lim) == files, "the cache changed the text"
-        check_output(scenario, lb, lim, files, fixed[lim.checks], literals)
+        assert renderer_for(serving).render(lb, lim) == files, "the cache changed the text"
+        check_output(scenario, lb, lim, files, fixed[lim.checks, serving], literals, serving)
         check_log_lines(lb, problems)
         digest = hashlib.sha256(repr(sorted(files.files().items())).encode()).hexdigest()
         if digest not in futures:
-            futures[digest] = checker.submit(files.files(), live=PATHS["live"])
+            futures[digest] = checker.submit(checkable(files), live=PATHS["live"])
         examples.append((catalog, files.config, digest))
         published = [e for n, e in entitled.items() if lb.backend(n) is not None]
         totals["backends"] += len(lb.backends)
@@ -1008,6 +1098,9 @@ def test_hostile_catalogs_render_entitled_configs_that_haproxy_accepts(
         totals["shape kept"] += sum(e.shape_kept for e in published)
         totals["held ports"] += sum(lb.ports.get(p) == n for p, n in scenario.held.items())
         totals["skipped"] += len(lb.skipped)
+        totals["tls backends"] += sum(b.tls for b in lb.backends)
+        totals["redirects rendered"] += files.config.count("redirect code 308")
+        totals["hsts"] += sum(b.hsts is not None for b in lb.backends)
         totals["left out"] += len(problems)
         if interp != INTERPRETATIONS[0]:
             totals["other reading"] += 1
