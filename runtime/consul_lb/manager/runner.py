@@ -298,6 +298,7 @@ class Runner:
         a, lb = self.applier, self.applier.applied
         c = a.counters
         backends = lb.backends if lb else ()
+        certificates, certificates_skipped = self.tls.figures()
         return Figures(
             strategy=self.haproxy.strategy,
             reloads=c.reloads,
@@ -317,8 +318,8 @@ class Runner:
             services_published=len(backends),
             servers_published=sum(len(b.servers) for b in backends),
             services_skipped=len(lb.skipped) if lb else 0,
-            certificates=self.tls.figures()[0],
-            certificates_skipped=self.tls.figures()[1],
+            certificates=certificates,
+            certificates_skipped=certificates_skipped,
             waiting=self.waiting,
             errors=dict(self.errors),
             watches=[
