@@ -30,11 +30,10 @@ from consul_lb.settings import Settings
 from consul_lb.tls.bundle import BadBundle, Certificate
 from consul_lb.tls.certs import EMPTY, CertSet, Parsed, Raw, TlsView, crt_list, select
 from consul_lb.tls.commands import CertCommandError, CertCommands
+from consul_lb.tls.report import Once, problems
 from consul_lb.tls.sources import DirSource, KVSource
 
 log = logging.getLogger("tls")
-
-EXPIRY_WARNING = 14 * 86400  # seconds: certificates closer to expiry are reported
 
 
 class Tls:
@@ -59,7 +58,7 @@ class Tls:
         self.applied: CertSet = EMPTY  # what HAProxy serves
         self.pending: CertSet | None = None  # written, waiting for a reload to serve it
         self.refused: dict[str, str] = {}  # fingerprint -> HAProxy's reason
-        self.reported: set[str] = set()
+        self.once = Once()
         self.unverified: set[str] = set()  # services told about "verify none"
         self.sources: dict[str, DirSource | KVSource] = {}
         if self.tls.cert_dir is not None:
@@ -245,42 +244,7 @@ class Tls:
         return TlsView.of(certs, str(self.list_path))
 
     def _report(self, certs: CertSet) -> None:
-        """Log each problem once (again only after it went away and came back)."""
-        now = time.time()
-        # (what the problem is, the line that says it): a line is logged when its problem
-        # is new, not when only the days left changed.
-        lines = [
-            (
-                f"skip {b.source} {b.name} {b.reason}",
-                f"skipping certificate {b.name!r} from {_source(b.source)}: {b.reason}",
-            )
-            for b in certs.skipped
-        ]
-        for cert in certs.certs:
-            left = cert.not_after - now
-            if left >= EXPIRY_WARNING:
-                continue
-            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cert.not_after))
-            names = ", ".join(cert.names)
-            if left <= 0:
-                line = f"certificate {cert.name!r} ({names}) expired at {when}; still served"
-            else:
-                line = (
-                    f"certificate {cert.name!r} ({names}) expires at {when}, in "
-                    f"{left / 86400:.1f} days"
-                )
-            lines.append((f"expiry {cert.fingerprint} {left <= 0}", line))
-        wanted = self.tls.default_cert
-        if wanted and certs.certs and certs.default != wanted:
-            line = (
-                f"HAPROXY_TLS_DEFAULT_CERT={wanted} is not available; the default "
-                f"certificate is {certs.default!r}"
-            )
-            lines.append((line, line))
-        for key, line in lines:
-            if key not in self.reported:
-                log.warning("%s", line)
-        self.reported = {key for key, _ in lines}
+        self.once.log(problems(certs, self.tls.default_cert, time.time()))
 
     def report_backends(self, lb: LoadBalancer | None) -> None:
         """Say once per service that its TLS to the instances is not verified."""
@@ -318,7 +282,3 @@ class Tls:
         skipped."""
         served = self.applied
         return [(c.name, c.not_after) for c in served.certs], len(served.skipped)
-
-
-def _source(kind: str) -> str:
-    return {"dir": "HAPROXY_TLS_CERT_DIR", "kv": "HAPROXY_TLS_CERT_KV"}.get(kind, kind)
