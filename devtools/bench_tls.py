@@ -36,7 +36,7 @@ from devtools.certs import Ca
 HOST = "bench.bench.local"
 KV = "bench/certs/"
 BACKEND_CFG = """global
-    maxconn 20000
+    maxconn 4000
 defaults
     mode http
     timeout connect 3s
