@@ -22,9 +22,10 @@ from consul_lb.tls.settings import TlsSettings
 from devtools.certs import Ca
 from tests.unit.fake_consul import FakeConsul
 from tests.unit.local_haproxy import free_port
-from tests.unit.test_runner import Harness, eventually
+from tests.unit.test_runner import Harness, consul, eventually
 
 CA = Ca()
+__all__ = ["consul"]  # the runner tests' in-process Consul: a fixture, used by name
 PREFIX = "tls/certs/"
 
 
@@ -62,13 +63,6 @@ class TlsHarness(Harness):
     def tls_state(self) -> dict[str, Any]:
         state: dict[str, Any] = self.runner.state()["tls"]
         return state
-
-
-@pytest.fixture
-def consul() -> Iterator[FakeConsul]:
-    fake = FakeConsul()
-    yield fake
-    fake.close()
 
 
 @pytest.fixture
