@@ -70,6 +70,8 @@ class Tls:
     def prepare(self) -> None:
         """Before HAProxy's first start: the directory as it is now (KV follows once
         Consul answers), so that the HTTPS frontend is bound from the start."""
+        if not self.sources:  # no certificate source: no TLS, no files
+            return
         source = self.sources.get("dir")
         if isinstance(source, DirSource):
             source.scan()
@@ -92,7 +94,7 @@ class Tls:
         """Bring HAProxy to what the sources hold. Says what the loop must do next:
         "none", or "render" (haproxy.cfg changes: render and reload), or "force" (reload
         though haproxy.cfg does not change: HAPROXY_RUNTIME_API=false)."""
-        target = self.pending or self.applied
+        target = self.pending if self.pending is not None else self.applied
         new = self._select(target)
         self._report(new)
         if new == target:
