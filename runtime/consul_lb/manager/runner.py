@@ -212,8 +212,6 @@ class Runner:
             self.loop.after("retry", delay)
             return
         self.failures["apply"] = 0
-        self.tls.settle(outcome)
-        self.tls.report_backends(self.applier.applied)
         if outcome in ("runtime_api", "reload"):
             self.last_change = self.applier.timeline
         if self.waiting and outcome in ("runtime_api", "reload", "unchanged"):
@@ -228,6 +226,8 @@ class Runner:
                 )
         if self.applier.api.draining and not self.loop.pending("drain"):
             self.loop.after("drain", DRAIN_TICK)
+        self.tls.settle(outcome)
+        self.tls.report_backends(self.applier.applied)
 
     def apply_certs(self) -> None:
         """Certificates changed: through the runtime API, or a render when haproxy.cfg
