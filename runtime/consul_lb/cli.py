@@ -132,9 +132,14 @@ def dry_run(settings: Settings, consul: ConsulConfig) -> int:
         print(f"# skipped {s.service!r}: {s.reason}", file=sys.stderr)
     for line in plan.problems:
         print(f"# left out {line}", file=sys.stderr)
-    sys.stdout.write(plan.files.config)
-    sys.stdout.write("\n# ---- hosts.map ----\n")
-    sys.stdout.write("".join(f"# {line}\n" for line in plan.files.hosts_map.splitlines()))
+    config = plan.files.config
+    for secret in settings.secrets():
+        config = config.replace(secret, "<redacted>")
+    sys.stdout.write(config)
+    for name, text in plan.files.maps.items():
+        if text:
+            sys.stdout.write(f"\n# ---- {name} ----\n")
+            sys.stdout.write("".join(f"# {line}\n" for line in text.splitlines()))
     return 0
 
 

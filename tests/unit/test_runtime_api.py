@@ -37,7 +37,6 @@ def test_unchanged_servers_give_no_change() -> None:
     "new",
     [
         lb(A, B, balance="leastconn"),  # a tag changed
-        lb(A, dataclasses.replace(B, maxconn=10)),  # a server's own option changed
         LoadBalancer((), ()),  # the service disappeared
     ],
 )
@@ -130,7 +129,7 @@ def test_an_instance_that_moved_is_re_addressed(stack: Stack) -> None:
         (),
     )
     changes = server_only_changes(running, new)
-    assert changes is not None and changes[0].moved == (moved,)
+    assert changes is not None and changes[0].changed == (moved,)
     api.apply(changes)
     assert rec.commands == [f"set server {HOST}/b addr 127.0.0.1 port {moved.port}"]
     assert stack.servers()[(HOST, "b")]["srv_port"] == str(moved.port)
@@ -219,3 +218,39 @@ def test_a_map_follows_through_add_set_and_del(stack: Stack) -> None:
     shown = stack.applier.haproxy.admin(f"show map {path}")
     assert "alias.example.com" in shown and f"{HOST}." not in shown
     assert stack.get("alias.example.com") == (200, "a")
+
+
+def test_weight_and_maxconn_change_live(stack: Stack) -> None:
+    running, rec, api = started(stack, "a", "b")
+    (backend,) = running.backends
+    heavier = dataclasses.replace(backend.servers[1], weight=10, maxconn=7)
+    new = LoadBalancer((dataclasses.replace(backend, servers=(backend.servers[0], heavier)),), ())
+    changes = server_only_changes(running, new)
+    assert changes is not None and changes[0].changed == (heavier,)
+    api.apply(changes)
+    assert rec.commands == [f"set server {HOST}/b weight 10", f"set maxconn server {HOST}/b 7"]
+    state = stack.servers()[(HOST, "b")]
+    assert state["srv_uweight"] == "10"
+
+
+def test_host_aliases_and_paths_are_not_structural() -> None:
+    aliased = LoadBalancer(
+        (dataclasses.replace(lb(A).backends[0], hosts=("www.example.com", "alias.example.org")),),
+        (),
+    )
+    assert server_only_changes(lb(A), aliased) == []
+    with_path = LoadBalancer((dataclasses.replace(lb(A).backends[0], path="/api"),), ())
+    assert server_only_changes(lb(A), with_path) == []
+
+
+def test_an_ordered_map_is_replaced_at_once_in_its_order(stack: Stack) -> None:
+    _, _, api = started(stack, "a")
+    path = str(stack.applier.paths.live / "paths.map")
+    new = f"{HOST}/api/v2/ v2\n{HOST}/api/ v1\n"
+    api.replace_map(path, new)
+    shown = [
+        line.split()[1:]
+        for line in stack.applier.haproxy.admin(f"show map {path}").splitlines()
+        if line
+    ]
+    assert shown == [[f"{HOST}/api/v2/", "v2"], [f"{HOST}/api/", "v1"]]

@@ -47,7 +47,8 @@ class ServerChange:
     backend: Backend  # the new backend (for its server options)
     added: tuple[Server, ...]
     removed: tuple[Server, ...]
-    moved: tuple[Server, ...] = ()  # same name (Consul ID), new address or port
+    changed: tuple[Server, ...] = ()  # same name (Consul ID): new address, port, weight...
+    previous: dict[str, Server] = dataclasses.field(default_factory=dict)  # of `changed`
 
 
 def server_only_changes(old: LoadBalancer, new: LoadBalancer) -> list[ServerChange] | None:
@@ -55,7 +56,8 @@ def server_only_changes(old: LoadBalancer, new: LoadBalancer) -> list[ServerChan
     structural (services, tags, settings)."""
 
     def shape(b: Backend) -> Backend:
-        return dataclasses.replace(b, servers=())
+        # Hosts and path prefixes live in the routing maps (changed live too).
+        return dataclasses.replace(b, servers=(), hosts=(), path=None)
 
     if [shape(b) for b in old.backends] != [shape(b) for b in new.backends]:
         return None
@@ -72,18 +74,17 @@ def server_only_changes(old: LoadBalancer, new: LoadBalancer) -> list[ServerChan
             # HAProxy resolves host names when it loads its configuration ("init-addr
             # libc"); a server added at run time with a host name would stay unresolved.
             return None
-        if any(
-            s.name in old_by_name
-            and dataclasses.replace(old_by_name[s.name], address=s.address, port=s.port) != s
-            for s in arriving
-        ):
-            return None  # a server's options changed (e.g. its maxconn): reload
         changes.append(
             ServerChange(
                 after,
                 tuple(s for s in after.servers if s.name not in old_by_name),
                 tuple(s for s in before.servers if s.name not in new_by_name),
                 tuple(s for s in after.servers if old_by_name.get(s.name, s) != s),
+                {
+                    s.name: old_by_name[s.name]
+                    for s in after.servers
+                    if old_by_name.get(s.name, s) != s
+                },
             )
         )
     return changes
@@ -136,11 +137,20 @@ class RuntimeApi:
         if not ok:
             raise RuntimeApiError(f"{command!r}: {answer or 'no answer'}")
 
-    def _move(self, backend: str, server: Server) -> None:
-        self._run(
-            f"set server {backend}/{server.name} addr {server.address} port {server.port}",
-            success=("IP changed", "port changed", "nothing changed", "no need to change"),
-        )
+    def _change(self, backend: str, old: Server | None, server: Server) -> None:
+        """Make a running server what ``server`` says (address, port, weight, maxconn)."""
+        name = f"{backend}/{server.name}"
+        if old is None or (old.address, old.port) != (server.address, server.port):
+            # Open connections stay with the old address; new ones use the new one.
+            self._run(
+                f"set server {name} addr {server.address} port {server.port}",
+                success=("IP changed", "port changed", "nothing changed", "no need to change"),
+            )
+        if old is None or old.weight != server.weight:
+            self._run(f"set server {name} weight {server.weight}")
+        if old is None or old.maxconn != server.maxconn:
+            # 0: no limit (what a server line without maxconn means).
+            self._run(f"set maxconn server {name} {server.maxconn or 0}")
 
     def apply(self, changes: list[ServerChange]) -> tuple[int, int]:
         """Apply the changes; (servers added or moved, servers put to drain).
@@ -151,9 +161,8 @@ class RuntimeApi:
         added = drained = 0
         for change in changes:
             be = change.backend.name
-            for server in change.moved:
-                # Open connections stay with the old address; new ones use the new one.
-                self._move(be, server)
+            for server in change.changed:
+                self._change(be, change.previous.get(server.name), server)
                 added += 1
             for server in change.added:
                 self._add(change.backend, server)
@@ -174,7 +183,7 @@ class RuntimeApi:
         if pending is not None:
             # Back before its drain finished: the same server, ready again.
             if pending.server != server:
-                self._move(be, server)
+                self._change(be, pending.server, server)
             self._run(f"set server {be}/{server.name} state ready")
             return
         self._run(
@@ -183,6 +192,10 @@ class RuntimeApi:
             f"{server_options(server, self.checks, dynamic=True)}",
             success=("New server registered",),
         )
+        if backend.sticky:
+            # A server added at run time gets no dynamic cookie of its own; enabling
+            # dynamic cookies again computes one for every server of the backend.
+            self._run(f"enable dynamic-cookie backend {be}")
         if self.checks:
             self._run(f"enable health {be}/{server.name}")
         self._run(f"set server {be}/{server.name} state ready")
@@ -248,6 +261,22 @@ class RuntimeApi:
                 continue
             count += 1
         return count
+
+    def replace_map(self, path: str, new: str) -> int:
+        """Replace every entry of the map HAProxy loaded from ``path`` at once, in the
+        order of ``new`` (HAProxy's ``prepare map``/``commit map``: requests see the old
+        map or the new one; map_beg and map_end match in order); returns the commands."""
+        answer = self.admin(f"prepare map {path}").strip()
+        self.commands += 1
+        version = answer.rpartition(" ")[2]
+        if not answer.startswith("New version created") or not version.isdigit():
+            raise RuntimeApiError(f"prepare map {path}: {answer or 'no answer'}")
+        count = 1
+        for key, value in parse_map(new).items():
+            self._run(f"add map @{version} {path} {key} {value}")
+            count += 1
+        self._run(f"commit map @{version} {path}")
+        return count + 1
 
     def forget(self) -> None:
         """After a reload the new process has none of the draining servers; the old one

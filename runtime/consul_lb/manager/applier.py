@@ -26,7 +26,9 @@ from consul_lb.haproxy.limits import Limits, fit
 from consul_lb.haproxy.process import Haproxy, ReloadError
 from consul_lb.haproxy.runtime_api import RuntimeApi, RuntimeApiError, server_only_changes
 from consul_lb.manager import isolate
-from consul_lb.render import DRAINING, HEALTH_MAP, HOSTS_MAP, HaproxyFiles, Renderer
+from consul_lb.maps import DRAINING, HEALTH_MAP, ORDERED_MAPS
+from consul_lb.model.claims import Holders
+from consul_lb.render import HaproxyFiles, Renderer
 from consul_lb.settings import Settings
 
 log = logging.getLogger("apply")
@@ -124,8 +126,7 @@ class Applier:
         """Model, port probe, limits and render, as a reload would install them (no
         check). Raises what the template raises."""
         started = time.monotonic()
-        held = self.applied.ports if self.applied else {}
-        lb, problems = model.build(catalog, self.settings, held, self.cache)
+        lb, problems = model.build(catalog, self.settings, Holders.of(self.applied), self.cache)
         lb = lb.without(self.taken_ports(lb))
         limits = self.fit_limits(lb)
         files = self.renderer.render(lb, limits, waiting)
@@ -188,6 +189,11 @@ class Applier:
     def report(self, plan: Plan) -> None:
         lines = [f"skipping service {s.service!r}: {s.reason}" for s in plan.lb.skipped]
         lines += [f"leaving out {p}" for p in plan.problems]
+        if self.settings.sticky_key is None and any(b.sticky for b in plan.lb.backends):
+            lines.append(
+                "sticky sessions use a cookie key derived from HAPROXY_DOM, which anyone can "
+                "compute: set HAPROXY_STICKY_KEY, the same on every load balancer of the fleet"
+            )
         for line in lines:
             if line not in self.reported:
                 log.warning("%s", line)
@@ -219,9 +225,7 @@ class Applier:
         return "reload" if self.reload(checked, started) else "rejected"
 
     def _plan_without_render_errors(self, catalog: Catalog, waiting: bool, exc: Exception) -> Plan:
-        lb, problems = model.build(
-            catalog, self.settings, self.applied.ports if self.applied else {}, self.cache
-        )
+        lb, problems = model.build(catalog, self.settings, Holders.of(self.applied), self.cache)
         bad = isolate.culprits(
             self.applied, lb, self.trial, f"{TEMPLATE_FAILS}{type(exc).__name__}: {exc}"
         )
@@ -243,10 +247,14 @@ class Applier:
             return False
         try:
             added, drained = self.api.apply(changes)
-            for name in (HOSTS_MAP, HEALTH_MAP):
-                old, new = current.files()[name], plan.files.files()[name]
+            for name, new in plan.files.maps.items():
+                old = current.maps.get(name, "")
                 if old != new:
-                    self.api.set_map(str(self.paths.live / name), old, new)
+                    path = str(self.paths.live / name)
+                    if name in ORDERED_MAPS:
+                        self.api.replace_map(path, new)
+                    else:
+                        self.api.set_map(path, old, new)
         except (RuntimeApiError, OSError) as exc:
             self.counters.runtime_api_fallbacks += 1
             log.warning("runtime API change failed, reloading instead: %s", exc)

@@ -28,7 +28,8 @@ from consul_lb.haproxy.iptables import IptablesError
 from consul_lb.haproxy.process import Haproxy, ReloadError, make
 from consul_lb.manager.applier import Applier, Timeline
 from consul_lb.manager.loop import CHANGED, HAPROXY_EXITED, RELOAD, STOP, Event, EventLoop
-from consul_lb.model import LoadBalancer, wants
+from consul_lb.maps import HEALTH_MAP
+from consul_lb.model import LoadBalancer, watched
 from consul_lb.observe.endpoints import Observer, Sources, start_server
 from consul_lb.observe.metrics import Figures, WatchFigures
 from consul_lb.render import HaproxyFiles, Renderer
@@ -60,7 +61,9 @@ class Runner:
         self.renderer = Renderer(settings, self.paths.template_paths(), settings.templates)
         self.applier = Applier(settings, self.paths, self.haproxy, self.renderer)
         self.client = ConsulClient(consul, settings.common.max_conns, settings.common.max_stale)
-        self.watcher = CatalogWatcher(self.client, wants, lambda: self.loop.post(Event(CHANGED)))
+        self.watcher = CatalogWatcher(
+            self.client, watched(settings), lambda: self.loop.post(Event(CHANGED))
+        )
         self.watcher.outage.context = self.outage_context
         self.errors: dict[str, int] = {}
         self.last_error = ""
@@ -97,7 +100,7 @@ class Runner:
         ):
             # A restart: serve what ran before until Consul has been read again (what
             # it publishes is not known here: the first change reloads).
-            files = HaproxyFiles(installed.config, installed.hosts_map, plan.files.health_map)
+            files = installed.with_map(HEALTH_MAP, plan.files.health_map)
             lb = None
         install(files, self.paths)
         try:
@@ -302,8 +305,13 @@ class Runner:
                 figures=self.figures,
                 state=self.state,
                 config_file=self.paths.config,
-                secrets=lambda: [token] if token else [],
+                secrets=lambda: (
+                    [token, *self.settings.secrets()] if token else self.settings.secrets()
+                ),
                 haproxy_metrics=("127.0.0.1", self.settings.stats_port),
+                haproxy_auth=(self.settings.stats_user, self.settings.stats_password)
+                if self.settings.stats_user and self.settings.stats_password
+                else None,
             )
         )
         port = self.settings.runtime_port

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from consul_lb.model import values
+
 PREFIX = "HAPROXY."
 PROTOCOLS = ("http", "tcp")
 # HAProxy's balance algorithms that take no argument, plus the argument forms below.
@@ -36,6 +38,9 @@ class TagError(ValueError):
     """A service's tags cannot be published; the message says which tag and why."""
 
 
+EXTERNAL = "external"  # the group of a service without HAPROXY.GROUP (marathon-lb's)
+
+
 @dataclass(frozen=True)
 class ServiceOptions:
     enabled: bool = False
@@ -43,6 +48,13 @@ class ServiceOptions:
     balance: str = "roundrobin"
     maxconn: int | None = None
     frontend_port: int | None = None
+    hosts: tuple[str, ...] = ()  # aliases besides <service>.<domain>
+    path: str | None = None  # path prefix routed to the service
+    strip_path: bool = False
+    sticky: bool = False
+    healthcheck_path: str | None = None
+    group: str = EXTERNAL
+    allow: tuple[str, ...] = ()  # client networks; empty: everyone
 
 
 def _bool(raw: str) -> bool:
@@ -77,6 +89,18 @@ def _bounded_int(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def _value(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A parser of model/values.py, its ValueError as a TagError."""
+
+    def tag(raw: str) -> Any:
+        try:
+            return parse(raw)
+        except ValueError as exc:
+            raise TagError(str(exc).replace(repr(raw), printable(raw))) from None
+
+    return tag
+
+
 # tag key (after the prefix) -> (field of ServiceOptions, parser)
 TAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "ENABLE": ("enabled", _bool),
@@ -84,7 +108,16 @@ TAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "BACKEND.BALANCE": ("balance", _balance),
     "BACKEND.MAXCONN": ("maxconn", _bounded_int(1, 1_000_000)),
     "FRONTEND.PORT": ("frontend_port", _bounded_int(1, MAX_PORT)),
+    "FRONTEND.HOSTS": ("hosts", _value(values.hosts)),
+    "FRONTEND.PATH": ("path", _value(values.path)),
+    "BACKEND.STRIP_PATH": ("strip_path", _bool),
+    "BACKEND.STICKY": ("sticky", _bool),
+    "BACKEND.HEALTHCHECK.PATH": ("healthcheck_path", _value(values.path)),
+    "GROUP": ("group", _value(values.group)),
+    "FRONTEND.ALLOW": ("allow", _value(values.networks)),
 }
+# Options that read HTTP, refused for tcp services.
+HTTP_ONLY = ("hosts", "path", "strip_path", "sticky", "healthcheck_path")
 
 
 def parse_tags(tags: Iterable[str]) -> ServiceOptions:
@@ -114,6 +147,14 @@ def parse_tags(tags: Iterable[str]) -> ServiceOptions:
             f"HAPROXY.BACKEND.BALANCE={options.balance} needs HTTP; tcp services can use "
             "roundrobin, static-rr, leastconn, first, source, random or rdp-cookie"
         )
+    if options.protocol == "tcp":
+        http_only = [k for k, (f, _) in TAGS.items() if f in HTTP_ONLY and f in values]
+        if http_only:
+            raise TagError(
+                f"{', '.join(PREFIX + k for k in http_only)} need(s) HTTP: this is a tcp service"
+            )
+    if options.strip_path and options.path is None:
+        raise TagError("HAPROXY.BACKEND.STRIP_PATH=true needs HAPROXY.FRONTEND.PATH=/<prefix>")
     if options.protocol == "http" and options.frontend_port is not None:
         raise TagError(
             "HAPROXY.FRONTEND.PORT applies to tcp services; http services are routed "
