@@ -62,9 +62,12 @@ class Recorder:
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
         self.commands: list[str] = []
+        self.sent = 0  # connections to the admin socket
 
     def __call__(self, command: str) -> str:
-        self.commands.append(command)
+        # ";"-separated commands, sent at once, are written down one by one.
+        self.commands += command.split("; ")
+        self.sent += 1
         return self.stack.applier.haproxy.admin(command)
 
 
@@ -97,6 +100,7 @@ def test_an_added_server_is_created_checked_and_serves(stack: Stack) -> None:
         f"enable health {HOST}/c",
         f"set server {HOST}/c state ready",
     ]
+    assert rec.sent == 1  # on one connection
     assert stack.servers()[(HOST, "c")]["srv_admin_state"] == "0"
     assert {stack.get(HOST)[1] for _ in range(8)} == {"a", "c"}
 

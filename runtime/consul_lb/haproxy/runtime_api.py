@@ -128,12 +128,16 @@ class RuntimeApi:
         # Follows the rendered configuration (see limits.fit: checks may not fit).
         self.checks = True
 
-    def _run(self, command: str, success: tuple[str, ...] = ()) -> None:
+    def _run(self, command: str, success: tuple[str, ...] = (), exact: bool = False) -> None:
         """One command; HAProxy answers nothing on success, except for the commands whose
-        success answers start as ``success`` says."""
+        success answers start as ``success`` says (with ``exact``: are exactly one of
+        them, up to a final period)."""
         answer = self.admin(command).strip()
-        self.commands += 1
-        ok = answer.startswith(success) if success else not answer
+        self.commands += command.count("; ") + 1
+        if exact:
+            ok = answer.rstrip(".") in {s.rstrip(".") for s in success}
+        else:
+            ok = answer.startswith(success) if success else not answer
         if not ok:
             raise RuntimeApiError(f"{command!r}: {answer or 'no answer'}")
 
@@ -186,26 +190,28 @@ class RuntimeApi:
                 self._change(be, pending.server, server)
             self._run(f"set server {be}/{server.name} state ready")
             return
-        self._run(
+        commands = [
             f"add server {be}/{server.name} "
             f"{server_address(server.address)}:{server.port} "
-            f"{server_options(server, self.checks, dynamic=True)}",
-            success=("New server registered",),
-        )
+            f"{server_options(server, self.checks, dynamic=True)}"
+        ]
         if backend.sticky:
             # A server added at run time gets no dynamic cookie of its own; enabling
             # dynamic cookies again computes one for every server of the backend.
-            self._run(f"enable dynamic-cookie backend {be}")
+            commands.append(f"enable dynamic-cookie backend {be}")
         if self.checks:
-            self._run(f"enable health {be}/{server.name}")
-        self._run(f"set server {be}/{server.name} state ready")
+            commands.append(f"enable health {be}/{server.name}")
+        commands.append(f"set server {be}/{server.name} state ready")
+        # One connection for all of them (HAProxy's CLI runs ";"-separated commands in
+        # order; none of ours contains a ";"): only the first answers anything.
+        self._run("; ".join(commands), success=("New server registered",), exact=True)
 
     def sweep(self) -> int:
         """Delete drained servers that have no connection left, or whose drain timed out;
         returns how many were deleted."""
         if not self.draining:
             return 0
-        sessions = self.current_sessions()
+        sessions = self.current_sessions({be for be, _ in self.draining})
         deleted = 0
         now = time.monotonic()
         for key, entry in list(self.draining.items()):
@@ -234,14 +240,17 @@ class RuntimeApi:
                 log.debug("del server %s/%s: %s", be, name, answer)
         return deleted
 
-    def current_sessions(self) -> dict[tuple[str, str], int]:
-        """Open sessions per (backend, server), from ``show stat``."""
-        text = self.admin("show stat -1 4 -1").lstrip("# ")
-        self.commands += 1
+    def current_sessions(self, backends: set[str]) -> dict[tuple[str, str], int]:
+        """Open sessions per (backend, server) of these backends, from ``show stat``
+        (asked backend by backend: the whole table of thousands of servers costs tens of
+        MiB to parse, every half second while anything drains)."""
         out: dict[tuple[str, str], int] = {}
-        for row in csv.DictReader(io.StringIO(text)):
-            if row.get("scur", "").isdigit():
-                out[(row["pxname"], row["svname"])] = int(row["scur"])
+        for be in sorted(backends):
+            text = self.admin(f"show stat {be} 4 -1").lstrip("# ")
+            self.commands += 1
+            for row in csv.DictReader(io.StringIO(text)):
+                if row.get("scur", "").isdigit():
+                    out[(row["pxname"], row["svname"])] = int(row["scur"])
         return out
 
     def set_map(self, path: str, old: str, new: str) -> int:

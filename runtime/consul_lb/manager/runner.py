@@ -142,7 +142,11 @@ class Runner:
                 self.handle(event)
             except Exception as exc:  # contained: the running configuration keeps serving
                 self.failed("event", exc)
-            if event.kind != CHANGED:
+            # Not while changes come in, nor while waiting for the first read: state.json
+            # is rewritten whole, and at 5,000 services that is not free.
+            if event.kind != CHANGED and not (
+                event.kind == "render" and self.loop.pending("render")
+            ):
                 self.write_state()
 
     def handle(self, event: Event) -> None:

@@ -71,7 +71,14 @@ def watched(settings: Settings) -> Callable[[str, tuple[str, ...]], bool]:
     return wanted
 
 
+IPV4 = re.compile(
+    r"^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}\Z"
+)
+
+
 def valid_address(address: str) -> bool:
+    if IPV4.match(address):  # the usual case, without ipaddress's cost
+        return True
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

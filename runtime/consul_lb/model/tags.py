@@ -7,6 +7,7 @@ do not start with ``HAPROXY.`` belong to someone else and are ignored.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -121,7 +122,13 @@ HTTP_ONLY = ("hosts", "path", "strip_path", "sticky", "healthcheck_path")
 
 
 def parse_tags(tags: Iterable[str]) -> ServiceOptions:
-    """Options from a service's tags; TagError for unknown, malformed or conflicting tags."""
+    """Options from an instance's tags; TagError for unknown, malformed or conflicting
+    tags. Thousands of instances carry the same tags: each distinct set is parsed once."""
+    return _parse(tuple(sorted(set(tags))))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(tags: tuple[str, ...]) -> ServiceOptions:
     values: dict[str, Any] = {}
     seen: dict[str, str] = {}
     for tag in sorted(set(tags)):
