@@ -100,7 +100,7 @@ FIRST_APPLY_TIMEOUT = 600.0
 ROUND_TIMEOUT = {"no reload": 30.0, "reload": 60.0}
 APPLY_TIMEOUT = 120.0
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z (\w+) (\S+): (.*)$")
-APPLIED = re.compile(r"applied: (\d+) service\(s\), (\d+) server\(s\).*?(\d+) ms\)$")
+APPLIED = re.compile(r"applied: (\d+) services?, (\d+) servers?.*?(\d+) ms\)$")
 WATCHING = re.compile(r"watching Consul at ")
 # /proc/net/tcp states that hold a connection open (all but TIME_WAIT, CLOSE, LISTEN).
 OPEN_STATES = frozenset({"01", "02", "03", "04", "05", "08", "09", "0B"})

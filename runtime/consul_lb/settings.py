@@ -68,7 +68,7 @@ class Settings:
     domain: str
     maxconn_global: int = 50000
     spread_checks: int = 5
-    max_spread_checks: int = 15000
+    max_spread_checks: str = "15000"  # HAProxy time: milliseconds without a unit
     retries: int = 3
     backlog: int = 10000
     maxconn: int = 10000
@@ -244,7 +244,7 @@ PORT = _int(1, 65535)
 VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "HAPROXY_MAXCONN_GLOBAL": ("maxconn_global", _int(1, 10_000_000)),
     "HAPROXY_SPREAD_CHECKS": ("spread_checks", _int(0, 50)),
-    "HAPROXY_MAX_SPREAD_CHECKS": ("max_spread_checks", _int(0, 3_600_000)),
+    "HAPROXY_MAX_SPREAD_CHECKS": ("max_spread_checks", _haproxy_time),
     "HAPROXY_RETRIES": ("retries", _int(0, 100)),
     "HAPROXY_BACKLOG": ("backlog", _int(1, 1_000_000)),
     "HAPROXY_MAXCONN": ("maxconn", _int(1, 10_000_000)),

@@ -24,7 +24,7 @@ DOM = {"HAPROXY_DOM": "example.com"}
 CONTRACT_DEFAULTS = {
     "HAPROXY_MAXCONN_GLOBAL": 50000,
     "HAPROXY_SPREAD_CHECKS": 5,
-    "HAPROXY_MAX_SPREAD_CHECKS": 15000,
+    "HAPROXY_MAX_SPREAD_CHECKS": "15000",
     "HAPROXY_RETRIES": 3,
     "HAPROXY_BACKLOG": 10000,
     "HAPROXY_MAXCONN": 10000,
@@ -60,7 +60,7 @@ OWN_DEFAULTS = {
 CASES: dict[str, tuple[str, object, tuple[str, ...]]] = {
     "HAPROXY_MAXCONN_GLOBAL": ("20000", 20000, ("0", "-1", "lots", "1e5", "10001000")),
     "HAPROXY_SPREAD_CHECKS": ("0", 0, ("51", "five", "-5")),
-    "HAPROXY_MAX_SPREAD_CHECKS": ("2000", 2000, ("3600001", "2s")),
+    "HAPROXY_MAX_SPREAD_CHECKS": ("2s", "2s", ("soon", "2 s", "-1")),
     "HAPROXY_RETRIES": ("0", 0, ("101", "3.0", "3\nretries 9")),
     "HAPROXY_BACKLOG": ("512", 512, ("0", "1000001", "1k")),
     "HAPROXY_MAXCONN": ("3000", 3000, ("0", "3.5", "10000001")),

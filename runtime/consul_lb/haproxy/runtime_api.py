@@ -156,18 +156,19 @@ class RuntimeApi:
             # 0: no limit (what a server line without maxconn means).
             self._run(f"set maxconn server {name} {server.maxconn or 0}")
 
-    def apply(self, changes: list[ServerChange]) -> tuple[int, int]:
-        """Apply the changes; (servers added or moved, servers put to drain).
+    def apply(self, changes: list[ServerChange]) -> tuple[int, int, int]:
+        """Apply the changes; (servers added, servers changed (address, port, weight or
+        maxconn), servers put to drain).
 
         Arrivals go in before departures drain: a batch that replaces every server of a
         backend (one instance leaves as another arrives) never leaves it with none.
         """
-        added = drained = 0
+        added = changed = drained = 0
         for change in changes:
             be = change.backend.name
             for server in change.changed:
                 self._change(be, change.previous.get(server.name), server)
-                added += 1
+                changed += 1
             for server in change.added:
                 self._add(change.backend, server)
                 added += 1
@@ -179,7 +180,7 @@ class RuntimeApi:
                     be, server, time.monotonic() + self.drain_timeout
                 )
                 drained += 1
-        return added, drained
+        return added, changed, drained
 
     def _add(self, backend: Backend, server: Server) -> None:
         be = backend.name

@@ -58,6 +58,19 @@ def reason(failure: str) -> str:
     return f"haproxy -c rejects its configuration: {failure}"
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def summary(lb: model.LoadBalancer) -> str:
+    """What a load balancer publishes, for the "applied:" log line."""
+    servers = sum(len(b.servers) for b in lb.backends)
+    return (
+        f"{plural(len(lb.backends), 'service')}, {plural(servers, 'server')}, "
+        f"{len(lb.skipped)} skipped"
+    )
+
+
 def frontend_ports(lb: model.LoadBalancer, settings: Settings) -> list[int]:
     return [settings.http_port, settings.stats_port, *sorted(lb.ports)]
 
@@ -246,7 +259,7 @@ class Applier:
         if changes is None:
             return False
         try:
-            added, drained = self.api.apply(changes)
+            added, changed, drained = self.api.apply(changes)
             for name, new in plan.files.maps.items():
                 old = current.maps.get(name, "")
                 if old != new:
@@ -266,12 +279,10 @@ class Applier:
         self.current, self.applied = plan.files, plan.lb
         self.counters.runtime_api_changes += 1
         log.info(
-            "applied: %d service(s), %d server(s), %d skipped (runtime API: %d server(s) "
-            "added or moved, %d draining, no reload, %.0f ms)",
-            len(plan.lb.backends),
-            sum(len(b.servers) for b in plan.lb.backends),
-            len(plan.lb.skipped),
+            "applied: %s (runtime API, no reload: %d added, %d changed, %d draining; %.0f ms)",
+            summary(plan.lb),
             added,
+            changed,
             drained,
             (time.monotonic() - started) * 1000,
         )
@@ -304,10 +315,8 @@ class Applier:
         self.counters.reload_changes += 1
         self.counters.last_reload = time.time()
         log.info(
-            "applied: %d service(s), %d server(s), %d skipped (%s, %.0f ms)",
-            len(plan.lb.backends),
-            sum(len(b.servers) for b in plan.lb.backends),
-            len(plan.lb.skipped),
+            "applied: %s (%s; %.0f ms)",
+            summary(plan.lb),
             detail or f"{self.haproxy.strategy} reload",
             (time.monotonic() - started) * 1000,
         )
