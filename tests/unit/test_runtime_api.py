@@ -93,7 +93,7 @@ def test_an_added_server_is_created_checked_and_serves(stack: Stack) -> None:
     new = with_servers(stack, running, "a", "c")
     changes = server_only_changes(running, new)
     assert changes is not None
-    assert api.apply(changes) == (1, 0)
+    assert api.apply(changes) == (1, 0, 0)
     port = stack.backend("c").port
     assert rec.commands == [
         f"add server {HOST}/c 127.0.0.1:{port} inter 10s fall 1 check",
@@ -143,7 +143,7 @@ def test_removed_server_drains_then_is_deleted_once_idle(stack: Stack) -> None:
     running, rec, api = started(stack, "a", "b")
     changes = server_only_changes(running, with_servers(stack, running, "b"))
     assert changes is not None
-    assert api.apply(changes) == (0, 1)
+    assert api.apply(changes) == (0, 0, 1)
     assert rec.commands == [f"set server {HOST}/a state drain"]
     assert stack.servers()[(HOST, "a")]["srv_admin_state"] != "0"
     assert api.sweep() == 1
@@ -177,7 +177,7 @@ def test_a_replaced_server_is_added_before_the_old_one_drains(stack: Stack) -> N
     running, rec, api = started(stack, "a")
     changes = server_only_changes(running, with_servers(stack, running, "c"))
     assert changes is not None
-    assert api.apply(changes) == (1, 1)
+    assert api.apply(changes) == (1, 0, 1)
     assert [c.split()[0:2] for c in rec.commands] == [
         ["add", "server"],
         ["enable", "health"],

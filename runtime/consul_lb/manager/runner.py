@@ -265,6 +265,17 @@ class Runner:
         watches = self.watcher.statuses()
         state["watches"] = [s.public() for s in watches]
         state["last_sync"] = max((w.last_success for w in watches), default=0.0) or None
+        since = self.watcher.outage.since
+        state["consul"] = {
+            "address": self.client.config.address,
+            "requests": self.client.stats.requests,
+            "errors": self.client.stats.errors,
+            "connections_opened": self.client.connections_opened,
+            # Outage.since is monotonic; say it as wall-clock time.
+            "unreachable_since": None
+            if since is None
+            else time.time() - (time.monotonic() - since),
+        }
         state["last_reload"] = self.applier.counters.last_reload or None
         state["unreadable_services"] = self.watcher.missing()
         state["last_change"] = dataclasses.asdict(self.last_change) if self.last_change else None
