@@ -14,6 +14,7 @@ after the server-state file has been reconciled with the new configuration.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import time
 from dataclasses import dataclass, field
@@ -179,7 +180,10 @@ class Applier:
         return check(files, self.paths.live)
 
     def taken_ports(self, lb: model.LoadBalancer) -> dict[str, str]:
+        # Ours: what the running configuration binds (also in a dry run next to it).
         ours = set(self.applied.ports) if self.applied else set()
+        if self.current is not None:
+            ours |= {int(p) for p in re.findall(r"^frontend tcp_(\d+)$", self.current.config, re.M)}
         return {
             b.service: f"HAPROXY.FRONTEND.PORT={b.frontend_port} is in use by another program"
             for b in lb.tcp_backends
