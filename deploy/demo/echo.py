@@ -9,6 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 NAME = os.environ.get("ECHO_NAME", socket.gethostname())
 PORT = int(os.environ.get("ECHO_PORT", "8000"))
+# Paths answered 500 (the tests' failing HTTP health check), comma-separated.
+FAILING = {p for p in os.environ.get("ECHO_FAIL_PATHS", "").split(",") if p}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -32,7 +34,7 @@ class Handler(BaseHTTPRequestHandler):
         body = json.dumps(
             {"backend": NAME, "path": self.path, "headers": dict(self.headers.items())}
         ).encode()
-        self.send_response(200)
+        self.send_response(500 if self.path in FAILING else 200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from consul_lb import __version__, logs
 from consul_lb.consul.client import ConsulClient, ConsulError
 from consul_lb.consul.config import ConsulConfig, ConsulConfigError
+from consul_lb.haproxy.files import read_installed
 from consul_lb.manager import runner
 from consul_lb.settings import Common, Settings, SettingsError, common_from_env, from_env
 from consul_lb.template import args as template_args
@@ -113,6 +114,8 @@ def dry_run(settings: Settings, consul: ConsulConfig) -> int:
     """The same pipeline as the running load balancer: one read of Consul, the model,
     limits, port probe, render, haproxy -c with the same isolation."""
     r = runner.Runner(settings, consul)
+    # Next to a running load balancer, its own tcp ports are not "taken by another program".
+    r.applier.current = read_installed(r.paths)
     try:
         catalog = r.watcher.read_once()
     except (ConsulError, TimeoutError) as exc:
@@ -132,9 +135,14 @@ def dry_run(settings: Settings, consul: ConsulConfig) -> int:
         print(f"# skipped {s.service!r}: {s.reason}", file=sys.stderr)
     for line in plan.problems:
         print(f"# left out {line}", file=sys.stderr)
-    sys.stdout.write(plan.files.config)
-    sys.stdout.write("\n# ---- hosts.map ----\n")
-    sys.stdout.write("".join(f"# {line}\n" for line in plan.files.hosts_map.splitlines()))
+    config = plan.files.config
+    for secret in settings.secrets():
+        config = config.replace(secret, "<redacted>")
+    sys.stdout.write(config)
+    for name, text in plan.files.maps.items():
+        if text:
+            sys.stdout.write(f"\n# ---- {name} ----\n")
+            sys.stdout.write("".join(f"# {line}\n" for line in text.splitlines()))
     return 0
 
 

@@ -9,15 +9,17 @@ the shipped ones as ``default/<name>``.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
 from consul_lb.haproxy.limits import Limits
+from consul_lb.maps import HEALTH_MAP, HOSTS_MAP, ROUTING_MAPS, WAITING, routing_maps
 from consul_lb.model import Backend, LoadBalancer, Server
 from consul_lb.settings import Settings
 from consul_lb.tls.certs import TlsView
@@ -37,11 +39,6 @@ SHIPPED_TEMPLATES = next(
 )
 HAPROXY_TEMPLATE = "haproxy.cfg.j2"
 BACKEND_TEMPLATE = "backend.cfg.j2"
-HOSTS_MAP = "hosts.map"
-# Why the health URI fails, when it does: "<key> 1" lines (see the stats frontend).
-HEALTH_MAP = "health.map"
-WAITING = "waiting"  # no complete read of Consul yet
-DRAINING = "draining"  # SIGTERM: stopping
 # Health-check timing of every server, in the rendered file (on default-server) and for
 # servers added through the runtime API (which do not inherit default-server).
 CHECK_OPTIONS = "inter 10s fall 1"
@@ -66,6 +63,8 @@ def server_options(
         parts.append("check")
     if server.maxconn is not None:
         parts.append(f"maxconn {server.maxconn}")
+    if server.weight != 1:
+        parts.append(f"weight {server.weight}")
     if tls:
         parts.append(tls)
     return " ".join(parts)
@@ -75,6 +74,20 @@ def server_tls(ca_file: Path | None) -> str:
     """The server options of TLS to instances (HAPROXY.BACKEND.TLS): verified against
     HAPROXY_BACKEND_CA_FILE, or not verified without one. Health checks use TLS too."""
     return f"ssl verify required ca-file {ca_file}" if ca_file else "ssl verify none"
+
+
+def sticky_key(settings: Settings) -> str:
+    """HAProxy's dynamic-cookie-key: HAPROXY_STICKY_KEY, else one derived from
+    HAPROXY_DOM (the same on every load balancer of the domain, but guessable)."""
+    if settings.sticky_key:
+        return settings.sticky_key
+    return hashlib.sha256(f"consul-lb sticky cookies {settings.domain}".encode()).hexdigest()[:32]
+
+
+def path_regex(prefix: str) -> str:
+    """``prefix`` (letters, digits and ``._~-/`` only, see model/values.py) as a
+    regular expression matching itself: only ``.`` means something else there."""
+    return prefix.replace(".", "\\.")
 
 
 def environment(search_path: Sequence[Path]) -> jinja2.Environment:
@@ -92,6 +105,7 @@ def environment(search_path: Sequence[Path]) -> jinja2.Environment:
         keep_trailing_newline=True,
     )
     env.filters["server_address"] = server_address
+    env.filters["path_regex"] = path_regex
     env.globals["server_options"] = server_options
     env.globals["check_options"] = CHECK_OPTIONS
     env.globals["server_tls"] = server_tls
@@ -100,27 +114,30 @@ def environment(search_path: Sequence[Path]) -> jinja2.Environment:
 
 @dataclass(frozen=True)
 class HaproxyFiles:
-    """What HAProxy reads: the configuration and the Host -> backend map next to it."""
+    """What HAProxy reads: the configuration and the map files next to it (name ->
+    text; see maps.py)."""
 
     config: str
-    hosts_map: str
-    health_map: str = ""
+    maps: dict[str, str] = field(default_factory=dict)
 
     def files(self) -> dict[str, str]:
-        return {"haproxy.cfg": self.config, HOSTS_MAP: self.hosts_map, HEALTH_MAP: self.health_map}
+        return {"haproxy.cfg": self.config, **self.maps}
+
+    @property
+    def hosts_map(self) -> str:
+        return self.maps.get(HOSTS_MAP, "")
+
+    @property
+    def health_map(self) -> str:
+        return self.maps.get(HEALTH_MAP, "")
+
+    def with_map(self, name: str, text: str) -> HaproxyFiles:
+        return HaproxyFiles(self.config, {**self.maps, name: text})
 
     def structure(self) -> str:
         """The configuration without its server lines: equal structures differ only in
         what the runtime API can change."""
         return SERVER_LINE.sub("", self.config)
-
-
-def hosts_map(lb: LoadBalancer) -> str:
-    """HAProxy's map format, "<host> <backend>" per line, sorted: each http service's
-    host, and the same host in its absolute form (one trailing dot), which clients may
-    send (RFC 7230 5.4 allows it)."""
-    entries = sorted((host, b.name) for b in lb.http_backends for host in (b.name, f"{b.name}."))
-    return "".join(f"{host} {backend}\n" for host, backend in entries)
 
 
 class Renderer:
@@ -157,8 +174,8 @@ class Renderer:
         context = self._context(lb, limits, backend_section=backend_section)
         config = self.env.get_template(HAPROXY_TEMPLATE).render(context)
         self.sections = sections
-        hosts = hosts_map(lb)
-        return HaproxyFiles(config, hosts, f"{WAITING} 1\n" if waiting else "")
+        health = f"{WAITING} 1\n" if waiting else ""
+        return HaproxyFiles(config, {**routing_maps(lb), HEALTH_MAP: health})
 
     def _context(self, lb: LoadBalancer, limits: Limits, **extra: Any) -> dict[str, Any]:
         return {
@@ -166,8 +183,8 @@ class Renderer:
             "limits": limits,
             "lb": lb,
             "paths": self.paths,
-            "hosts_map": HOSTS_MAP,
-            "health_map": HEALTH_MAP,
+            "maps": {name.removesuffix(".map"): name for name in (*ROUTING_MAPS, HEALTH_MAP)},
+            "sticky_key": sticky_key(self.settings),
             "tls": self.tls,
             **extra,
         }

@@ -10,7 +10,7 @@ import itertools
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ from consul_lb.tls.settings import TlsSettings
 # HAProxy time format: a number with an optional unit (milliseconds without one).
 # `\Z`, not `$`: `$` also matches before a trailing newline.
 HAPROXY_TIME = re.compile(r"^[0-9]{1,9}(us|ms|s|m|h|d)?\Z")
+# A group name (HAPROXY.GROUP, HAPROXY_GROUPS).
+GROUP = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
 DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 # The state directory is written into haproxy.cfg unquoted (admin socket, state file).
 STATE_DIR = re.compile(r"^/[A-Za-z0-9._/-]{0,200}\Z")
@@ -68,7 +70,7 @@ class Settings:
     domain: str
     maxconn_global: int = 50000
     spread_checks: int = 5
-    max_spread_checks: int = 15000
+    max_spread_checks: str = "15000"  # HAProxy time: milliseconds without a unit
     retries: int = 3
     backlog: int = 10000
     maxconn: int = 10000
@@ -78,6 +80,9 @@ class Settings:
     timeout_http_keep_alive: str = "1s"
     timeout_http_request: str = "15s"
     timeout_queue: str = "30s"
+    # Idle upgraded connections (WebSocket, CONNECT) live this long; without it they
+    # end after timeout client/server.
+    timeout_tunnel: str = "1h"
     http_port: int = 8080
     stats_port: int = 4444
     reload_strategy: str = "seamless"
@@ -101,13 +106,32 @@ class Settings:
     resync_interval: float = 300.0
     # "include": instances whose checks are in warning stay published.
     health_warning: str = "exclude"
+    # Groups of services this load balancer publishes ("*": all); HAPROXY.GROUP.
+    groups: tuple[str, ...] = ("*",)
+    # Key of the sticky-session cookies (HAProxy's dynamic-cookie-key); None: derived
+    # from HAPROXY_DOM (same on every load balancer of a fleet, but guessable).
+    sticky_key: str | None = field(default=None, repr=False)
+    # Basic auth for the stats page and the runtime's endpoints (not the health URI).
+    stats_user: str | None = None
+    stats_password: str | None = field(default=None, repr=False)
     common: Common = Common()
     # HTTPS frontend, certificate sources, TLS to backends (consul_lb/tls/settings.py).
     tls: TlsSettings = TlsSettings()  # noqa: RUF009 (frozen: one shared default is safe)
 
+    def secrets(self) -> list[str]:
+        """Values no log line, endpoint or printed configuration may show."""
+        return [v for v in (self.sticky_key, self.stats_password) if v]
+
     def public(self) -> dict[str, Any]:
-        """Settings as plain values (for the dry run and the state endpoint)."""
-        return {f.name: str(getattr(self, f.name)) for f in fields(self)}
+        """Settings as plain values (for the dry run and the state endpoint), secrets
+        redacted."""
+        hidden = {"sticky_key", "stats_password"}
+        return {
+            f.name: "<redacted>"
+            if f.name in hidden and getattr(self, f.name)
+            else str(getattr(self, f.name))
+            for f in fields(self)
+        }
 
 
 def _int(low: int, high: int) -> Callable[[str], int]:
@@ -176,6 +200,39 @@ def _template_dirs(raw: str) -> tuple[Path, ...]:
     return dirs
 
 
+def _groups(raw: str) -> tuple[str, ...]:
+    names = tuple(sorted({g.strip() for g in raw.split(",") if g.strip()}))
+    if "*" in names:
+        return ("*",)
+    for name in names:
+        if not GROUP.match(name):
+            raise ValueError(
+                f"expected group names (lower-case letters, digits, '_', '-') or *, got {raw!r}"
+            )
+    if not names:
+        raise ValueError(f"expected one or more group names, got {raw!r}")
+    return names
+
+
+# A secret written into haproxy.cfg: printable ASCII without what HAProxy's parser reads
+# specially (whitespace, quotes, backslash, '#').
+SECRET = re.compile(r"^[!$-&(-\[\]-~]{8,128}\Z")
+
+
+def _secret(raw: str) -> str:
+    if not SECRET.match(raw):
+        raise ValueError(
+            "expected 8 to 128 printable characters without spaces, quotes, '\\' or '#'"
+        )
+    return raw
+
+
+def _user(raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", raw):
+        raise ValueError(f"expected a user name of letters, digits, '.', '_', '-', got {raw!r}")
+    return raw
+
+
 def _bool(raw: str) -> bool:
     value = raw.lower()
     if value in {"true", "1", "yes", "on"}:
@@ -191,7 +248,7 @@ PORT = _int(1, 65535)
 VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "HAPROXY_MAXCONN_GLOBAL": ("maxconn_global", _int(1, 10_000_000)),
     "HAPROXY_SPREAD_CHECKS": ("spread_checks", _int(0, 50)),
-    "HAPROXY_MAX_SPREAD_CHECKS": ("max_spread_checks", _int(0, 3_600_000)),
+    "HAPROXY_MAX_SPREAD_CHECKS": ("max_spread_checks", _haproxy_time),
     "HAPROXY_RETRIES": ("retries", _int(0, 100)),
     "HAPROXY_BACKLOG": ("backlog", _int(1, 1_000_000)),
     "HAPROXY_MAXCONN": ("maxconn", _int(1, 10_000_000)),
@@ -201,6 +258,7 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "HAPROXY_TIMEOUT_HTTP_KEEP_ALIVE": ("timeout_http_keep_alive", _haproxy_time),
     "HAPROXY_TIMEOUT_HTTP_REQUEST": ("timeout_http_request", _haproxy_time),
     "HAPROXY_TIMEOUT_QUEUE": ("timeout_queue", _haproxy_time),
+    "HAPROXY_TIMEOUT_TUNNEL": ("timeout_tunnel", _haproxy_time),
     "HAPROXY_HTTP_PORT": ("http_port", PORT),
     "HAPROXY_STATS_PORT": ("stats_port", PORT),
     "HAPROXY_RELOAD_STRATEGY": ("reload_strategy", _strategy),
@@ -213,6 +271,10 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "HAPROXY_HEALTH_WARNING": ("health_warning", _choice(*HEALTH_WARNING)),
     "CONSUL_LB_TEMPLATES": ("templates", _template_dirs),
     "CONSUL_LB_RESYNC_INTERVAL": ("resync_interval", _seconds),
+    "HAPROXY_GROUPS": ("groups", _groups),
+    "HAPROXY_STICKY_KEY": ("sticky_key", _secret),
+    "HAPROXY_STATS_USER": ("stats_user", _user),
+    "HAPROXY_STATS_PASSWORD": ("stats_password", _secret),
 }
 # Read by both modes, into Common.
 COMMON_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
@@ -228,12 +290,12 @@ def _read(
 ) -> tuple[dict[str, Any], list[str]]:
     values: dict[str, Any] = {}
     errors: list[str] = []
-    for name, (field, parse) in variables.items():
+    for name, (attr, parse) in variables.items():
         raw = env.get(name)
         if raw is None or raw.strip() == "":
             continue
         try:
-            values[field] = parse(raw.strip())
+            values[attr] = parse(raw.strip())
         except ValueError as exc:
             errors.append(f"{name}: {exc}")
     return values, errors
@@ -270,6 +332,26 @@ def from_env(env: Mapping[str, str]) -> Settings:
             values["render_wait_min"], values["render_wait_max"] = parse_wait(raw_wait)
         except DurationError as exc:
             errors.append(f"HAPROXY_RENDER_WAIT: {exc}")
+    password_file = env.get("HAPROXY_STATS_PASSWORD_FILE", "").strip()
+    if password_file and "stats_password" not in values:
+        try:
+            values["stats_password"] = _secret(Path(password_file).read_text().strip())
+        except OSError as exc:
+            errors.append(
+                f"HAPROXY_STATS_PASSWORD_FILE: cannot read {password_file}: {exc.strerror}"
+            )
+        except ValueError as exc:
+            errors.append(f"HAPROXY_STATS_PASSWORD_FILE: {exc}")
+    given = {
+        v
+        for v in ("HAPROXY_STATS_USER", "HAPROXY_STATS_PASSWORD", "HAPROXY_STATS_PASSWORD_FILE")
+        if env.get(v, "").strip()
+    }
+    if ("HAPROXY_STATS_USER" in given) != bool(given - {"HAPROXY_STATS_USER"}):
+        errors.append(
+            "HAPROXY_STATS_USER and HAPROXY_STATS_PASSWORD (or HAPROXY_STATS_PASSWORD_FILE) "
+            "go together"
+        )
     tls, bad = tls_settings.read(env)
     errors += bad
     ports = {

@@ -14,6 +14,7 @@ from typing import Any
 import docker
 import pytest
 import requests
+import websockets
 from pytest_docker.plugin import Services
 
 from devtools import images
@@ -45,6 +46,9 @@ def docker_compose_file() -> str:
     names = image_names()
     require_images(client, names.ref("haproxy"), names.ref("consul-template"))
     os.environ["TEST_CONSUL_TOKEN"] = CONSUL_TOKEN
+    # The WebSocket test backend runs the websockets package of this environment (pure
+    # Python: its optional C speed-up for another Python is skipped on import).
+    os.environ["WEBSOCKETS_PACKAGE"] = str(Path(websockets.__file__).parent)
     os.environ["HAPROXY_IMAGE"] = names.ref("haproxy")
     os.environ["BACKEND_IMAGE"] = names.ref("consul-template")
     os.environ["CONSUL_IMAGE"] = images.ensure_consul_image(
@@ -112,6 +116,7 @@ class Stack:
         tags: list[str],
         port: int = 8000,
         check: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         body: dict[str, Any] = {
             "ID": service_id,
@@ -122,6 +127,7 @@ class Stack:
         }
         if check:
             body["Check"] = check
+        body.update(extra or {})
         r = requests.put(f"{self.consul}/v1/agent/service/register", json=body, timeout=5)
         r.raise_for_status()
         self.registered.append(service_id)

@@ -23,8 +23,12 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def metrics(base: str, path: str = "/metrics") -> Figures:
-    r = requests.get(f"{base}{path}", timeout=15)
+# The syn-drop load balancer's stats and runtime endpoints ask for a password.
+SYN_AUTH = ("admin", "syn-stats-secret")
+
+
+def metrics(base: str, path: str = "/metrics", auth: tuple[str, str] | None = None) -> Figures:
+    r = requests.get(f"{base}{path}", timeout=15, auth=auth)
     r.raise_for_status()
     assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
     return {
@@ -128,7 +132,7 @@ def test_a_failed_validation_is_counted(stack: Stack) -> None:
     # The syn-drop load balancer runs an operator template that haproxy -c rejects for
     # services balanced with "first" (tests/integration/templates-operator).
     syn_stats = f"http://127.0.0.1:{stack.port('netns', 4444)}"
-    before = metrics(syn_stats)
+    before = metrics(syn_stats, auth=SYN_AUTH)
     name = unique("obs-first")
     stack.register(f"{name}-1", name, "web-2", [ENABLE, "HAPROXY.BACKEND.BALANCE=first"])
     wait_until(
@@ -136,12 +140,14 @@ def test_a_failed_validation_is_counted(stack: Stack) -> None:
             name
             in {
                 s["service"]
-                for s in requests.get(f"{syn_stats}/_consul_lb/state", timeout=5).json()["skipped"]
+                for s in requests.get(
+                    f"{syn_stats}/_consul_lb/state", auth=SYN_AUTH, timeout=5
+                ).json()["skipped"]
             }
         ),
         what="service skipped by the syn-drop load balancer",
     )
-    after = metrics(syn_stats)
+    after = metrics(syn_stats, auth=SYN_AUTH)
     assert one(after, "consul_lb_failed_validations_total") > one(
         before, "consul_lb_failed_validations_total"
     )

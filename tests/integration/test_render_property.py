@@ -52,6 +52,7 @@ from consul_lb import model
 from consul_lb.consul.catalog import CRITICAL, PASSING, WARNING, Catalog, Instance
 from consul_lb.haproxy.files import Paths
 from consul_lb.haproxy.limits import Limits, fit
+from consul_lb.model.claims import Holders
 from consul_lb.render import BACKEND_TEMPLATE, HAPROXY_TEMPLATE, HaproxyFiles, Renderer
 from consul_lb.settings import from_env
 from consul_lb.tls.certs import TlsView
@@ -1075,9 +1076,9 @@ def test_hostile_catalogs_render_entitled_configs_that_haproxy_accepts(
         serving = variant == 3  # a certificate is served: the https frontend is bound
         renderer = renderers[serving]
         catalog = to_catalog(scenario)
-        lb, problems = model.build(catalog, SETTINGS, scenario.held)
+        lb, problems = model.build(catalog, SETTINGS, Holders(ports=scenario.held))
         # The runtime keeps a cache of services across builds: it changes nothing.
-        assert model.build(catalog, SETTINGS, scenario.held, cache) == (lb, problems)
+        assert model.build(catalog, SETTINGS, Holders(ports=scenario.held), cache) == (lb, problems)
         interp, entitled = check_entitlement(scenario, lb, problems)
         files = renderer.render(lb, lim)
         assert renderer.render(lb, lim) == files, "a render from the cache differs"

@@ -130,6 +130,16 @@ def test_dry_run_prints_the_configuration_for_the_current_catalog(stack: Stack) 
     assert result.exit_code == 0, out
     assert f"backend dry.{DOMAIN}" in out
     assert f"server dry-1 {stack.ip('web-1')}:8000 check" in out
+    # Exactly what runs: the same pipeline (limits fitted to the same servers, the same
+    # checks), so the configuration part is the running one byte for byte.
+    stdout = (
+        stack.container("haproxy")
+        .exec_run(["consul-lb", "haproxy", "--dry-run"], stderr=False)
+        .output.decode()
+    )
+    config = stdout.split("\n# ---- ", 1)[0]
+    running = requests.get(f"{stack.stats}/_haproxy_getconfig", timeout=5).text
+    assert config == running
 
 
 def test_base_image_renders_a_template_from_the_catalog_and_kv(stack: Stack) -> None:

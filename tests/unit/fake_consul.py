@@ -148,6 +148,22 @@ class FakeConsul:
                 if "filter" in query:
                     checks = [c for c in checks if c["Status"] != "passing"]
                 return 200, checks, self.checks_index
+            if path == "/v1/catalog/nodes":
+                nodes = sorted({e.node for e in self.entries.values()})
+                return 200, [{"Node": n, "Address": "10.9.9.9"} for n in nodes], self.index
+            m = re.fullmatch(r"/v1/catalog/node/(.+)", path)
+            if m:
+                node = unquote(m.group(1))
+                on_node = {
+                    e.service_id: self._health(e)["Service"]
+                    for e in self._sorted()
+                    if e.node == node
+                }
+                return (
+                    200,
+                    {"Node": {"Node": node, "Address": "10.9.9.9"}, "Services": on_node},
+                    self.index,
+                )
             m = re.fullmatch(r"/v1/health/service/(.+)", path)
             if m:
                 name = unquote(m.group(1))

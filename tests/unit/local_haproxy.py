@@ -46,6 +46,8 @@ class Backend:
         body = name.encode()
         self.held = threading.Event()  # a request is being held
         self.release: threading.Event | None = None
+        self.echo_path = False  # answer "<name> <path>" instead of "<name>"
+        self.failing_paths: set[str] = set()  # answered 500 (a failing HTTP check)
         backend = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -55,10 +57,12 @@ class Backend:
                     backend.release = None
                     backend.held.set()
                     release.wait(30)
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
+                text = f"{name} {self.path}".encode() if backend.echo_path else body
+                status = 500 if self.path in backend.failing_paths else 200
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(text)))
                 self.end_headers()
-                self.wfile.write(body)
+                self.wfile.write(text)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

@@ -8,6 +8,7 @@ import hashlib
 import pytest
 from consul_lb.consul.catalog import Catalog, Instance, Service
 from consul_lb.model import Backend, LoadBalancer, Server, Skipped, build, server_name, wants
+from consul_lb.model.claims import Holders
 from consul_lb.settings import Settings
 
 SETTINGS = Settings(domain="example.com")
@@ -59,6 +60,7 @@ def test_published_http_service() -> None:
                 balance="roundrobin",
                 frontend_port=None,
                 servers=(Server("www-1", "10.0.0.1", 80), Server("www-2", "10.0.0.2", 8080)),
+                hosts=("www.example.com",),
             ),
         ),
         skipped=(),
@@ -421,7 +423,7 @@ def test_a_tcp_port_stays_with_the_service_that_holds_it() -> None:
     catalog = Catalog.build(
         {"zulu": tcp(9000), "alpha": tcp(9000)}, {"zulu": [zulu], "alpha": [alpha]}
     )
-    lb, _ = build(catalog, SETTINGS, held={9000: "zulu"})
+    lb, _ = build(catalog, SETTINGS, held=Holders(ports={9000: "zulu"}))
     assert published(lb) == ["zulu"]
     assert skipped(lb) == {"alpha": "HAPROXY.FRONTEND.PORT=9000 is held by service 'zulu'"}
 
@@ -433,3 +435,103 @@ def test_without_a_holder_the_first_registered_service_gets_the_port() -> None:
         {"zulu": tcp(9000), "alpha": tcp(9000)}, {"zulu": [zulu], "alpha": [alpha]}
     )
     assert published(build(catalog, SETTINGS)[0]) == ["zulu"]
+
+
+# -- routes: host aliases, paths, groups, weights -------------------------------------------
+
+
+def routed(lb: LoadBalancer) -> dict[tuple[str, str | None], str]:
+    return lb.routes
+
+
+def test_aliases_and_paths_are_routes() -> None:
+    api = deployed(
+        "api-1", [ON, "HAPROXY.FRONTEND.HOSTS=shop.example.org", "HAPROXY.FRONTEND.PATH=/api"], 10
+    )
+    www = deployed("www-1", [ON, "HAPROXY.FRONTEND.HOSTS=shop.example.org"], 11)
+    catalog = Catalog.build(
+        {"api": list(api.tags), "www": list(www.tags)}, {"api": [api], "www": [www]}
+    )
+    lb, problems = build(catalog, SETTINGS)
+    assert routed(lb) == {
+        ("api.example.com", "/api"): "api",
+        ("shop.example.org", "/api"): "api",
+        ("www.example.com", None): "www",
+        ("shop.example.org", None): "www",
+    }
+    assert problems == []
+
+
+def test_a_host_claimed_twice_stays_with_its_holder() -> None:
+    first = deployed("a-1", [ON, "HAPROXY.FRONTEND.HOSTS=shared.example.org"], 20)
+    second = deployed("b-1", [ON, "HAPROXY.FRONTEND.HOSTS=shared.example.org"], 10)
+    catalog = Catalog.build(
+        {"a": list(first.tags), "b": list(second.tags)}, {"a": [first], "b": [second]}
+    )
+    # Nobody holds it yet: the service registered first ("b") gets it.
+    lb, problems = build(catalog, SETTINGS)
+    assert routed(lb)[("shared.example.org", None)] == "b"
+    assert problems == ["service 'a': route shared.example.org is held by service 'b'"]
+    # "a" holds it in the running load balancer: it keeps it.
+    held = Holders(routes={("shared.example.org", None): "a"})
+    lb, problems = build(catalog, SETTINGS, held=held)
+    assert routed(lb)[("shared.example.org", None)] == "a"
+    assert published(lb) == ["a", "b"]  # "b" keeps its own host
+
+
+def test_an_alias_cannot_take_another_services_own_host() -> None:
+    thief = deployed("t-1", [ON, "HAPROXY.FRONTEND.HOSTS=www.example.com"], 1)
+    www = deployed("www-1", [ON], 50)
+    catalog = Catalog.build({"t": list(thief.tags), "www": [ON]}, {"t": [thief], "www": [www]})
+    lb, problems = build(catalog, SETTINGS, held=Holders(routes={("www.example.com", None): "t"}))
+    assert routed(lb)[("www.example.com", None)] == "www"
+    assert any("route www.example.com is held by service 'www'" in p for p in problems)
+
+
+def test_groups_select_instances() -> None:
+    internal = deployed("i-1", [ON, "HAPROXY.GROUP=internal"], 10)
+    external = deployed("e-1", [ON], 11)
+    catalog = Catalog.build(
+        {"web": [*internal.tags, *external.tags]}, {"web": [internal, external]}
+    )
+    everything = build(catalog, SETTINGS)[0]
+    only_internal = build(catalog, dataclasses.replace(SETTINGS, groups=("internal",)))[0]
+    only_external = build(catalog, dataclasses.replace(SETTINGS, groups=("external",)))[0]
+    assert [s.name for s in everything.backends[0].servers] == ["e-1", "i-1"]
+    assert [s.name for s in only_internal.backends[0].servers] == ["i-1"]
+    assert [s.name for s in only_external.backends[0].servers] == ["e-1"]
+    nobody = build(catalog, dataclasses.replace(SETTINGS, groups=("other",)))[0]
+    assert nobody.backends == () and nobody.skipped == ()
+
+
+def test_watched_services_follow_the_groups() -> None:
+    from consul_lb.model import watched
+
+    internal_only = watched(dataclasses.replace(SETTINGS, groups=("internal",)))
+    assert internal_only("a", (ON, "HAPROXY.GROUP=internal"))
+    assert not internal_only("b", (ON,))  # external: not watched at all
+    assert not internal_only("c", (ON, "HAPROXY.GROUP=secret"))
+    assert watched(SETTINGS)("b", (ON,))
+    assert not watched(SETTINGS)("plain", ("web",))
+
+
+def test_consul_weights_become_haproxy_weights() -> None:
+    heavy = dataclasses.replace(deployed("heavy", [ON], 10), weight_passing=10)
+    light = deployed("light", [ON], 11)
+    warn = dataclasses.replace(deployed("warn", [ON], 12, status="warning"), weight_warning=3)
+    catalog = Catalog.build({"web": [ON]}, {"web": [heavy, light, warn]})
+    lb = build(catalog, dataclasses.replace(SETTINGS, health_warning="include"))[0]
+    assert {s.name: s.weight for s in lb.backends[0].servers} == {
+        "heavy": 10,
+        "light": 1,
+        "warn": 3,
+    }
+    big = [
+        dataclasses.replace(deployed(f"s{w}", [ON], w), weight_passing=w) for w in (1, 1000, 65535)
+    ]
+    scaled = build(Catalog.build({"web": [ON]}, {"web": big}), SETTINGS)[0]
+    assert {s.name: s.weight for s in scaled.backends[0].servers} == {
+        "s1": 1,
+        "s1000": 4,
+        "s65535": 256,
+    }

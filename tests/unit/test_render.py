@@ -133,21 +133,69 @@ def test_tcp_service_gets_its_own_frontend_and_backend() -> None:
     assert files.hosts_map == ""
 
 
-def test_http_frontend_routes_by_the_hosts_map() -> None:
+def test_http_frontend_routes_by_the_maps() -> None:
     files = render({"www": [ON], "api": [ON]}, {})
     frontend = block(files.config, "frontend http")
     assert frontend[0] == "bind :8080"
-    assert "use_backend %[req.hdr(host),lower,field(1,:),map(/x/live/hosts.map)]" in frontend
+    assert "http-request set-var(txn.site) var(txn.host),map(/x/live/hosts.map)" in frontend
+    assert "use_backend %[var(txn.backend)] if { var(txn.backend) -m found }" in frontend
     # Each host also in its absolute form (a trailing dot), which clients may send.
     assert files.hosts_map == (
         "api.example.com api.example.com\napi.example.com. api.example.com\n"
         "www.example.com www.example.com\nwww.example.com. www.example.com\n"
     )
-    assert files.files() == {
-        "haproxy.cfg": files.config,
-        "hosts.map": files.hosts_map,
-        "health.map": "",
+    assert files.maps["sites.map"] == (
+        "api.example.com api.example.com\nwww.example.com www.example.com\n"
+    )
+    assert set(files.files()) == {
+        "haproxy.cfg",
+        "hosts.map",
+        "wildcards.map",
+        "paths.map",
+        "sites.map",
+        "health.map",
     }
+
+
+def test_aliases_wildcards_and_paths_fill_the_routing_maps() -> None:
+    tags = {
+        "www": [ON, "HAPROXY.FRONTEND.HOSTS=shop.example.org,*.example.net"],
+        "api": [ON, "HAPROXY.FRONTEND.PATH=/api", "HAPROXY.FRONTEND.HOSTS=shop.example.org"],
+        "v2": [ON, "HAPROXY.FRONTEND.PATH=/api/v2", "HAPROXY.FRONTEND.HOSTS=shop.example.org"],
+    }
+    maps = render(tags, {}).maps
+    assert "shop.example.org shop.example.org\n" in maps["hosts.map"]
+    assert maps["wildcards.map"] == ".example.net. *.example.net\n.example.net *.example.net\n"
+    # Longest prefix first: HAProxy's map_beg takes the first match.
+    assert maps["paths.map"].splitlines() == [
+        "shop.example.org/api/v2/ v2.example.com",
+        "v2.example.com/api/v2/ v2.example.com",
+        "shop.example.org/api/ api.example.com",
+        "api.example.com/api/ api.example.com",
+    ]
+    assert "shop.example.org www.example.com" in maps["sites.map"]
+    assert "*.example.net www.example.com" in maps["sites.map"]
+
+
+def test_routing_options_render_in_the_backend() -> None:
+    tags = {
+        "www": [
+            ON,
+            "HAPROXY.FRONTEND.PATH=/shop.v1",
+            "HAPROXY.BACKEND.STRIP_PATH=true",
+            "HAPROXY.BACKEND.STICKY=true",
+            "HAPROXY.BACKEND.HEALTHCHECK.PATH=/health",
+            "HAPROXY.FRONTEND.ALLOW=10.0.0.0/8,192.168.1.7",
+        ]
+    }
+    lines = block(render(tags, {"www": WWW}).config, "backend www.example.com")
+    assert "http-request deny deny_status 403 unless { src 10.0.0.0/8 192.168.1.7/32 }" in lines
+    assert "option httpchk" in lines and "option tcp-check" not in lines
+    assert "http-check send meth GET uri /health ver HTTP/1.1 hdr Host www.example.com" in lines
+    assert "http-check expect rstatus ^[23]" in lines
+    assert "cookie consul-lb-www insert indirect nocache dynamic" in lines
+    assert any(line.startswith("dynamic-cookie-key ") for line in lines)
+    assert "http-request replace-path ^/shop\\.v1/?(.*) /\\1" in lines
 
 
 def test_hosts_map_lists_only_published_http_services() -> None:
@@ -159,6 +207,7 @@ def test_hosts_map_lists_only_published_http_services() -> None:
     }
     files = render(tags, {})
     assert files.hosts_map == "www.example.com www.example.com\nwww.example.com. www.example.com\n"
+    assert files.maps["sites.map"] == "www.example.com www.example.com\n"
     assert "Published: 2 service(s); skipped: 1." in files.config
     assert "Bad" not in files.config and "off.example.com" not in files.config
 
@@ -205,7 +254,7 @@ def test_global_and_defaults_from_settings() -> None:
     assert "hard-stop-after 30s" in glob
     assert "stats socket /x/admin.sock mode 600 level admin expose-fd listeners" in glob
     assert "server-state-file /x/server-state" in glob
-    assert block(config, "defaults")[-9:] == [
+    assert [ln for ln in block(config, "defaults") if not ln.startswith("#")][-10:] == [
         "retries 3",
         "backlog 10000",
         "maxconn 9500",  # HAPROXY_MAXCONN=10000, capped by the fitted global
@@ -215,6 +264,7 @@ def test_global_and_defaults_from_settings() -> None:
         "timeout http-keep-alive 1s",
         "timeout http-request 15s",
         "timeout queue 30s",
+        "timeout tunnel 1h",
     ]
     assert block(config, "frontend stats")[0] == "bind :4444"
 
@@ -245,7 +295,7 @@ def test_overridden_settings_are_rendered() -> None:
     assert "maxconn 4000" in glob
     assert "# open-file limit 20000 allows maxconn 4000" in glob
     assert {"spread-checks 2", "max-spread-checks 900", "hard-stop-after 2m"} <= set(glob)
-    assert block(config, "defaults")[-9:] == [
+    assert [ln for ln in block(config, "defaults") if not ln.startswith("#")][-10:] == [
         "retries 5",
         "backlog 128",
         "maxconn 3000",
@@ -255,6 +305,7 @@ def test_overridden_settings_are_rendered() -> None:
         "timeout http-keep-alive 2s",
         "timeout http-request 5s",
         "timeout queue 10s",
+        "timeout tunnel 1h",
     ]
     assert block(config, "frontend http")[0] == "bind :80"
     assert block(config, "frontend stats")[0] == "bind :9000"

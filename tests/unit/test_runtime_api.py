@@ -37,7 +37,6 @@ def test_unchanged_servers_give_no_change() -> None:
     "new",
     [
         lb(A, B, balance="leastconn"),  # a tag changed
-        lb(A, dataclasses.replace(B, maxconn=10)),  # a server's own option changed
         LoadBalancer((), ()),  # the service disappeared
     ],
 )
@@ -63,9 +62,12 @@ class Recorder:
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
         self.commands: list[str] = []
+        self.sent = 0  # connections to the admin socket
 
     def __call__(self, command: str) -> str:
-        self.commands.append(command)
+        # ";"-separated commands, sent at once, are written down one by one.
+        self.commands += command.split("; ")
+        self.sent += 1
         return self.stack.applier.haproxy.admin(command)
 
 
@@ -91,13 +93,14 @@ def test_an_added_server_is_created_checked_and_serves(stack: Stack) -> None:
     new = with_servers(stack, running, "a", "c")
     changes = server_only_changes(running, new)
     assert changes is not None
-    assert api.apply(changes) == (1, 0)
+    assert api.apply(changes) == (1, 0, 0)
     port = stack.backend("c").port
     assert rec.commands == [
         f"add server {HOST}/c 127.0.0.1:{port} inter 10s fall 1 check",
         f"enable health {HOST}/c",
         f"set server {HOST}/c state ready",
     ]
+    assert rec.sent == 1  # on one connection
     assert stack.servers()[(HOST, "c")]["srv_admin_state"] == "0"
     assert {stack.get(HOST)[1] for _ in range(8)} == {"a", "c"}
 
@@ -130,7 +133,7 @@ def test_an_instance_that_moved_is_re_addressed(stack: Stack) -> None:
         (),
     )
     changes = server_only_changes(running, new)
-    assert changes is not None and changes[0].moved == (moved,)
+    assert changes is not None and changes[0].changed == (moved,)
     api.apply(changes)
     assert rec.commands == [f"set server {HOST}/b addr 127.0.0.1 port {moved.port}"]
     assert stack.servers()[(HOST, "b")]["srv_port"] == str(moved.port)
@@ -140,7 +143,7 @@ def test_removed_server_drains_then_is_deleted_once_idle(stack: Stack) -> None:
     running, rec, api = started(stack, "a", "b")
     changes = server_only_changes(running, with_servers(stack, running, "b"))
     assert changes is not None
-    assert api.apply(changes) == (0, 1)
+    assert api.apply(changes) == (0, 0, 1)
     assert rec.commands == [f"set server {HOST}/a state drain"]
     assert stack.servers()[(HOST, "a")]["srv_admin_state"] != "0"
     assert api.sweep() == 1
@@ -174,7 +177,7 @@ def test_a_replaced_server_is_added_before_the_old_one_drains(stack: Stack) -> N
     running, rec, api = started(stack, "a")
     changes = server_only_changes(running, with_servers(stack, running, "c"))
     assert changes is not None
-    assert api.apply(changes) == (1, 1)
+    assert api.apply(changes) == (1, 0, 1)
     assert [c.split()[0:2] for c in rec.commands] == [
         ["add", "server"],
         ["enable", "health"],
@@ -219,3 +222,39 @@ def test_a_map_follows_through_add_set_and_del(stack: Stack) -> None:
     shown = stack.applier.haproxy.admin(f"show map {path}")
     assert "alias.example.com" in shown and f"{HOST}." not in shown
     assert stack.get("alias.example.com") == (200, "a")
+
+
+def test_weight_and_maxconn_change_live(stack: Stack) -> None:
+    running, rec, api = started(stack, "a", "b")
+    (backend,) = running.backends
+    heavier = dataclasses.replace(backend.servers[1], weight=10, maxconn=7)
+    new = LoadBalancer((dataclasses.replace(backend, servers=(backend.servers[0], heavier)),), ())
+    changes = server_only_changes(running, new)
+    assert changes is not None and changes[0].changed == (heavier,)
+    api.apply(changes)
+    assert rec.commands == [f"set server {HOST}/b weight 10", f"set maxconn server {HOST}/b 7"]
+    state = stack.servers()[(HOST, "b")]
+    assert state["srv_uweight"] == "10"
+
+
+def test_host_aliases_and_paths_are_not_structural() -> None:
+    aliased = LoadBalancer(
+        (dataclasses.replace(lb(A).backends[0], hosts=("www.example.com", "alias.example.org")),),
+        (),
+    )
+    assert server_only_changes(lb(A), aliased) == []
+    with_path = LoadBalancer((dataclasses.replace(lb(A).backends[0], path="/api"),), ())
+    assert server_only_changes(lb(A), with_path) == []
+
+
+def test_an_ordered_map_is_replaced_at_once_in_its_order(stack: Stack) -> None:
+    _, _, api = started(stack, "a")
+    path = str(stack.applier.paths.live / "paths.map")
+    new = f"{HOST}/api/v2/ v2\n{HOST}/api/ v1\n"
+    api.replace_map(path, new)
+    shown = [
+        line.split()[1:]
+        for line in stack.applier.haproxy.admin(f"show map {path}").splitlines()
+        if line
+    ]
+    assert shown == [[f"{HOST}/api/v2/", "v2"], [f"{HOST}/api/", "v1"]]

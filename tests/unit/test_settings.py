@@ -24,7 +24,7 @@ DOM = {"HAPROXY_DOM": "example.com"}
 CONTRACT_DEFAULTS = {
     "HAPROXY_MAXCONN_GLOBAL": 50000,
     "HAPROXY_SPREAD_CHECKS": 5,
-    "HAPROXY_MAX_SPREAD_CHECKS": 15000,
+    "HAPROXY_MAX_SPREAD_CHECKS": "15000",
     "HAPROXY_RETRIES": 3,
     "HAPROXY_BACKLOG": 10000,
     "HAPROXY_MAXCONN": 10000,
@@ -35,6 +35,8 @@ CONTRACT_DEFAULTS = {
     "HAPROXY_TIMEOUT_HTTP_REQUEST": "15s",
     "HAPROXY_TIMEOUT_QUEUE": "30s",
 }
+# Added with issue "routing": long-lived connections.
+CONTRACT_DEFAULTS["HAPROXY_TIMEOUT_TUNNEL"] = "1h"
 # Variables this project added beyond the original design (documented in the README).
 OWN_DEFAULTS = {
     "HAPROXY_HTTP_PORT": 8080,
@@ -49,12 +51,16 @@ OWN_DEFAULTS = {
     "HAPROXY_HEALTH_WARNING": "exclude",
     "CONSUL_LB_TEMPLATES": (),
     "CONSUL_LB_RESYNC_INTERVAL": 300.0,
+    "HAPROXY_GROUPS": ("*",),
+    "HAPROXY_STICKY_KEY": None,
+    "HAPROXY_STATS_USER": None,
+    "HAPROXY_STATS_PASSWORD": None,
 }
 # variable -> (raw override, the value it gives, invalid raw values)
 CASES: dict[str, tuple[str, object, tuple[str, ...]]] = {
     "HAPROXY_MAXCONN_GLOBAL": ("20000", 20000, ("0", "-1", "lots", "1e5", "10001000")),
     "HAPROXY_SPREAD_CHECKS": ("0", 0, ("51", "five", "-5")),
-    "HAPROXY_MAX_SPREAD_CHECKS": ("2000", 2000, ("3600001", "2s")),
+    "HAPROXY_MAX_SPREAD_CHECKS": ("2s", "2s", ("soon", "2 s", "-1")),
     "HAPROXY_RETRIES": ("0", 0, ("101", "3.0", "3\nretries 9")),
     "HAPROXY_BACKLOG": ("512", 512, ("0", "1000001", "1k")),
     "HAPROXY_MAXCONN": ("3000", 3000, ("0", "3.5", "10000001")),
@@ -84,6 +90,13 @@ CASES: dict[str, tuple[str, object, tuple[str, ...]]] = {
         ("/nonexistent-templates", "/etc/hostname", "/tmp:/missing"),
     ),
     "CONSUL_LB_RESYNC_INTERVAL": ("10m", 600.0, ("often", "-1m")),
+    "HAPROXY_TIMEOUT_TUNNEL": ("2h", "2h", ("forever", "1 h")),
+    "HAPROXY_GROUPS": ("internal,external", ("external", "internal"), ("Internal", "a b", ",")),
+    "HAPROXY_STICKY_KEY": (
+        "0123456789abcdef",
+        "0123456789abcdef",
+        ("short", "has space here", "has#hash1"),
+    ),
 }
 # Read by both modes (Settings.common, and template mode's Common).
 COMMON_CASES: dict[str, tuple[str, object, object, tuple[str, ...]]] = {
@@ -98,8 +111,12 @@ def field_of(variable: str) -> str:
     return VARIABLES[variable][0]
 
 
+# Set together only: covered by test_stats_user_and_password_go_together.
+PAIRED = {"HAPROXY_STATS_USER", "HAPROXY_STATS_PASSWORD"}
+
+
 def test_every_variable_is_covered() -> None:
-    assert set(CASES) == set(VARIABLES)
+    assert set(CASES) | PAIRED == set(VARIABLES)
     assert set(CONTRACT_DEFAULTS) | set(OWN_DEFAULTS) == set(VARIABLES)
     assert set(COMMON_CASES) == set(COMMON_VARIABLES)
 
@@ -284,3 +301,38 @@ def test_is_dns_name(name: str, ok: bool) -> None:
 def test_every_accepted_reload_strategy_has_a_supervisor(strategy: str) -> None:
     haproxy = make(strategy, Paths(Path("/nonexistent")))
     assert haproxy.strategy == strategy
+
+
+def test_groups_star_means_everything() -> None:
+    assert from_env({**DOM, "HAPROXY_GROUPS": "internal,*"}).groups == ("*",)
+
+
+def test_stats_user_and_password_go_together(tmp_path: Path) -> None:
+    ok = from_env({**DOM, "HAPROXY_STATS_USER": "admin", "HAPROXY_STATS_PASSWORD": "s3cret-pass"})
+    assert (ok.stats_user, ok.stats_password) == ("admin", "s3cret-pass")
+    secret = tmp_path / "password"
+    secret.write_text("from-a-file-123\n")
+    env = {**DOM, "HAPROXY_STATS_USER": "admin", "HAPROXY_STATS_PASSWORD_FILE": str(secret)}
+    assert from_env(env).stats_password == "from-a-file-123"
+    for lonely in ({"HAPROXY_STATS_USER": "admin"}, {"HAPROXY_STATS_PASSWORD": "s3cret-pass"}):
+        with pytest.raises(SettingsError, match="go together"):
+            from_env({**DOM, **lonely})
+    for bad in ("short", "with space", 'quote"d-pass', "hash#password"):
+        with pytest.raises(SettingsError, match="HAPROXY_STATS_PASSWORD:"):
+            from_env({**DOM, "HAPROXY_STATS_USER": "admin", "HAPROXY_STATS_PASSWORD": bad})
+    missing = {**DOM, "HAPROXY_STATS_USER": "admin", "HAPROXY_STATS_PASSWORD_FILE": "/nope"}
+    with pytest.raises(SettingsError, match="HAPROXY_STATS_PASSWORD_FILE: cannot read /nope"):
+        from_env(missing)
+
+
+def test_secrets_are_redacted_from_public() -> None:
+    env = {
+        **DOM,
+        "HAPROXY_STICKY_KEY": "sticky-key-1234",
+        "HAPROXY_STATS_USER": "admin",
+        "HAPROXY_STATS_PASSWORD": "s3cret-pass",
+    }
+    public = from_env(env).public()
+    assert "sticky-key-1234" not in str(public) and "s3cret-pass" not in str(public)
+    assert public["stats_user"] == "admin"
+    assert sorted(from_env(env).secrets()) == ["s3cret-pass", "sticky-key-1234"]

@@ -14,6 +14,13 @@ DEFAULTS = {
     "BACKEND.BALANCE": "roundrobin",
     "BACKEND.MAXCONN": None,
     "FRONTEND.PORT": None,
+    "FRONTEND.HOSTS": (),
+    "FRONTEND.PATH": None,
+    "BACKEND.STRIP_PATH": False,
+    "BACKEND.STICKY": False,
+    "BACKEND.HEALTHCHECK.PATH": None,
+    "GROUP": "external",
+    "FRONTEND.ALLOW": (),
     # issue 12 (TLS at the edge)
     "FRONTEND.REDIRECT_HTTPS": False,
     "FRONTEND.HSTS": None,
@@ -34,6 +41,44 @@ CASES: dict[str, tuple[tuple[str, ...], object, tuple[str, ...]]] = {
         ("HAPROXY.PROTOCOL=tcp", "HAPROXY.FRONTEND.PORT=5432"),
         5432,
         ("0", "65536", "99999", "-80", "80a", ""),
+    ),
+    "FRONTEND.HOSTS": (
+        ("HAPROXY.FRONTEND.HOSTS=Shop.Example.org,*.example.net,shop.example.org",),
+        ("*.example.net", "shop.example.org"),
+        (
+            "",
+            "localhost",
+            "a b.com",
+            "*.com",
+            "**.example.com",
+            "ex_ample.com",
+            "example.com\nlisten x",
+            "a..b.com",
+            "example.com#x",
+            ",".join(f"h{i}.example.com" for i in range(33)),
+        ),
+    ),
+    "FRONTEND.PATH": (
+        ("HAPROXY.FRONTEND.PATH=/api/v2",),
+        "/api/v2",
+        ("", "/", "api", "/api/", "/a b", "/a%20b", "/a?b", "/a#b", "/a\nb", "/" + "a" * 200),
+    ),
+    "BACKEND.STRIP_PATH": (
+        ("HAPROXY.FRONTEND.PATH=/api", "HAPROXY.BACKEND.STRIP_PATH=true"),
+        True,
+        ("yes", "1", ""),
+    ),
+    "BACKEND.STICKY": (("HAPROXY.BACKEND.STICKY=true",), True, ("on", "")),
+    "BACKEND.HEALTHCHECK.PATH": (
+        ("HAPROXY.BACKEND.HEALTHCHECK.PATH=/healthz",),
+        "/healthz",
+        ("", "healthz", "/health check", "/h\r\nHost: x"),
+    ),
+    "GROUP": (("HAPROXY.GROUP=internal",), "internal", ("", "Internal", "a b", "-x", "*")),
+    "FRONTEND.ALLOW": (
+        ("HAPROXY.FRONTEND.ALLOW=10.0.0.0/8,192.168.1.7,2001:db8::/32",),
+        ("10.0.0.0/8", "192.168.1.7/32", "2001:db8::/32"),
+        ("", "10.0.0.0/33", "any", "10.0.0.1 10.0.0.2", "fe80::1%eth0", "10.0.0.0/8\n"),
     ),
     "FRONTEND.REDIRECT_HTTPS": (
         ("HAPROXY.FRONTEND.REDIRECT_HTTPS=true",),
@@ -72,7 +117,10 @@ def test_override(key: str) -> None:
     ("key", "raw"), [(key, raw) for key, (_, _, bad) in sorted(CASES.items()) for raw in bad]
 )
 def test_invalid_value_names_the_tag(key: str, raw: str) -> None:
-    tags = ["HAPROXY.PROTOCOL=tcp"] if key == "FRONTEND.PORT" else []
+    tags = {
+        "FRONTEND.PORT": ["HAPROXY.PROTOCOL=tcp"],
+        "BACKEND.STRIP_PATH": ["HAPROXY.FRONTEND.PATH=/api"],
+    }.get(key, [])
     with pytest.raises(TagError) as caught:
         parse_tags([*tags, f"HAPROXY.{key}={raw}"])
     message = str(caught.value)
@@ -246,3 +294,32 @@ def test_tcp_service_without_port_parses() -> None:
 def test_input_order_does_not_matter() -> None:
     tags = [ON, "HAPROXY.PROTOCOL=tcp", "HAPROXY.FRONTEND.PORT=6379", "team=cache"]
     assert parse_tags(tags) == parse_tags(reversed(tags))
+
+
+@pytest.mark.parametrize(
+    "tag",
+    [
+        "HAPROXY.FRONTEND.HOSTS=a.example.com",
+        "HAPROXY.FRONTEND.PATH=/api",
+        "HAPROXY.BACKEND.STICKY=true",
+        "HAPROXY.BACKEND.HEALTHCHECK.PATH=/h",
+    ],
+)
+def test_http_routing_tags_are_refused_for_tcp(tag: str) -> None:
+    tcp = ["HAPROXY.PROTOCOL=tcp", "HAPROXY.FRONTEND.PORT=5432"]
+    with pytest.raises(TagError, match="need\\(s\\) HTTP"):
+        parse_tags([*tcp, tag])
+
+
+def test_strip_path_needs_a_path() -> None:
+    with pytest.raises(TagError, match=r"needs HAPROXY\.FRONTEND\.PATH"):
+        parse_tags(["HAPROXY.BACKEND.STRIP_PATH=true"])
+
+
+def test_allow_applies_to_tcp_services_too() -> None:
+    tcp = [
+        "HAPROXY.PROTOCOL=tcp",
+        "HAPROXY.FRONTEND.PORT=5432",
+        "HAPROXY.FRONTEND.ALLOW=10.0.0.0/8",
+    ]
+    assert parse_tags(tcp).allow == ("10.0.0.0/8",)

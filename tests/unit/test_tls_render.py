@@ -47,12 +47,18 @@ def test_the_https_frontend_routes_like_the_http_one() -> None:
     config = rendered([ON])
     https = block(config, "frontend https")
     lines = [ln for ln in https if not ln.startswith("#")]
+    routing = [
+        ln
+        for ln in block(config, "frontend http")
+        if ln.startswith(("http-request set-var", "use_backend"))
+    ]
+    assert routing  # the http frontend's own map lookups
     assert lines == [
         "bind :8443 ssl crt-list /x/tls/certs.list alpn h2,http/1.1",
         "option idle-close-on-response",
         "http-request del-header X-Forwarded-For",
         "http-request set-header X-Forwarded-Proto https",
-        "use_backend %[req.hdr(host),lower,field(1,:),map(/x/live/hosts.map)]",
+        *routing,
     ]
     assert "# default certificate: www.pem" in https
     assert "ssl-default-bind-options ssl-min-ver TLSv1.2 no-tls-tickets" in block(config, "global")

@@ -176,6 +176,29 @@ def requests_for(consul: FakeConsul, change: Callable[[], None], done: Callable[
     return sum(consul.requests.values()) - before
 
 
+def test_the_first_read_of_many_services_on_few_nodes_is_a_few_requests(consul: FakeConsul) -> None:
+    for n in range(300):
+        node = f"node-{n % 3}"
+        consul.register(Entry(f"svc{n}", f"svc{n}-1", "10.0.0.1", 8000, [ON], node=node))
+    consul.set_status("svc7-1", "critical")
+    w = Watching(consul)
+    try:
+        w.watcher.start()
+        eventually(w.watcher.ready, what="300 services read")
+        snapshot = w.watcher.snapshot()
+        assert len(snapshot.services) == 300
+        assert w.instances("svc7") == [("svc7-1", 8000, "critical")]
+        assert w.instances("svc8") == [("svc8-1", 8000, "passing")]
+        # Not 300 reads of /v1/health/service/<name>: the nodes list, the 3 nodes, the
+        # failing checks (plus the two watches and the UI summaries).
+        assert (
+            sum(n for p, n in consul.requests.items() if p.startswith("/v1/health/service/")) == 0
+        )
+        assert sum(consul.requests.values()) <= 12
+    finally:
+        w.watcher.stop()
+
+
 def test_one_changed_instance_costs_a_few_requests_whatever_the_size(consul: FakeConsul) -> None:
     for n in range(200):
         consul.register(Entry(f"svc{n}", f"svc{n}-1", "10.0.0.1", 8000, [ON]))
@@ -207,7 +230,7 @@ def test_one_changed_instance_costs_a_few_requests_whatever_the_size(consul: Fak
         assert with_check <= 4
         # The checks query re-armed and one read of the service.
         assert flipped <= 2
-        assert w.watcher.sweeps == 0
+        assert w.watcher.sweeps == 1  # the first read only
     finally:
         w.watcher.stop()
 

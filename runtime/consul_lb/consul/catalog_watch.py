@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from consul_lb.consul import sweep
 from consul_lb.consul.catalog import Catalog, Instance, Service
 from consul_lb.consul.client import ConsulClient, ConsulHTTPError, Response
 from consul_lb.consul.watch import BlockingQuery, Outage, WatchStatus, WatchTiming, explain
@@ -128,6 +129,12 @@ class CatalogWatcher:
         self.attempted: set[str] = set()  # fetched (or failed) at least once
         self.ui = True
         self.sweeps = 0
+        self.sweeping = False
+        self.sweep_again = False
+        # A sequence number of stores, and when each service was last stored by its own
+        # read: a sweep does not overwrite what a later read found.
+        self.stored = 0
+        self.updated: dict[str, int] = {}
         self.fetches = 0
         self.fetch_status = WatchStatus("service fetches")
         self.stopped = threading.Event()
@@ -172,11 +179,51 @@ class CatalogWatcher:
             return Catalog(tuple(self.services[n] for n in sorted(self.services)))
 
     def resync(self) -> None:
-        """Read every watched service again (the periodic resync heals anything missed)."""
+        """Read every watched service again (on start, the periodic resync, and after a
+        change nothing named): node by node when that takes fewer requests."""
         with self.lock:
-            names = set(self.summaries or ())
             self.sweeps += 1
-        self._schedule(names, EVERYTHING)
+            if self.sweeping:
+                self.sweep_again = True
+                return
+            self.sweeping = True
+        threading.Thread(target=self._sweep, name="sweep", daemon=True).start()
+
+    def _sweep(self) -> None:
+        while True:
+            with self.lock:
+                names = set(self.summaries or ())
+                self.sweep_again = False
+                started = self.stored
+            try:
+                self._sweep_once(names, started)
+            except Exception as exc:  # read them one by one instead (and retry those)
+                self.fetch_status.failed(f"sweep: {explain(exc, self.client.max_conns)}")
+                self.outage.failed(exc)
+                self._schedule(names, EVERYTHING)
+            with self.lock:
+                if not self.sweep_again or self.stopped.is_set():
+                    self.sweeping = False
+                    return
+
+    def _sweep_once(self, names: set[str], started: int) -> None:
+        nodes, count = sweep.node_count(self.client)
+        if count >= len(names):
+            self._schedule(names, EVERYTHING)  # fewer requests service by service
+            return
+        found = sweep.read_by_node(self.client, nodes, names, self.pool)
+        self.fetch_status.succeeded()
+        self.outage.recovered()
+        with self.lock:
+            for name, instances in found.items():
+                current = (self.summaries or {}).get(name)
+                # A service read by itself after this sweep began is fresher.
+                if current is None or self.updated.get(name, -1) > started:
+                    continue
+                self.services[name] = Service(name, current.tags, instances)
+                self.attempted.add(name)
+                self.failed.discard(name)
+        self.notify()
 
     # -- services -------------------------------------------------------------------
     def _get_services(self, index: int | None) -> Response:
@@ -221,6 +268,7 @@ class CatalogWatcher:
                 self.services.pop(name, None)
                 self.failed.discard(name)
                 self.attempted.discard(name)
+                self.updated.pop(name, None)
             for name, summary in wanted.items():
                 known = self.services.get(name)
                 if known is not None and known.tags != summary.tags:
@@ -228,7 +276,9 @@ class CatalogWatcher:
             changed = {n for n, s in wanted.items() if old is None or old.get(n) != s}
         if gone or first:
             self.notify()  # also the first read: an empty catalog is a complete read too
-        if changed:
+        if first and changed:
+            self.resync()
+        elif changed:
             self._schedule(changed, response.index)
         elif not first and not gone:
             log.debug("services index %d: no summary names the change; sweeping", response.index)
@@ -314,6 +364,8 @@ class CatalogWatcher:
                 return
             known = self.services.get(name)
             service = Service(name, current.tags, instances)
+            self.stored += 1
+            self.updated[name] = self.stored
             if known == service and not first:
                 return
             self.services[name] = service

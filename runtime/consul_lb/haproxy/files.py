@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from consul_lb.atomic_write import replace_file
-from consul_lb.render import HEALTH_MAP, HOSTS_MAP, HaproxyFiles
+from consul_lb.maps import HEALTH_MAP, ROUTING_MAPS
+from consul_lb.render import HaproxyFiles
 
-NAMES = ("haproxy.cfg", HOSTS_MAP, HEALTH_MAP)
+CONFIG = "haproxy.cfg"
+MAPS = (*ROUTING_MAPS, HEALTH_MAP)
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ def check(
     the new maps are the ones checked); at most ``timeout`` seconds."""
     with tempfile.TemporaryDirectory(prefix="consul-lb-check-") as tmp:
         for name, text in files.files().items():
-            if live is not None and name == "haproxy.cfg":
+            if live is not None and name == CONFIG:
                 text = text.replace(f"{live}/", f"{tmp}/")
             Path(tmp, name).write_text(text)
         try:
@@ -91,14 +93,16 @@ def check(
 
 def read_installed(paths: Paths) -> HaproxyFiles | None:
     try:
-        texts = {name: (paths.live / name).read_text() for name in NAMES}
+        config = paths.config.read_text()
+        maps = {name: (paths.live / name).read_text() for name in MAPS}
     except FileNotFoundError:
         return None
-    return HaproxyFiles(texts["haproxy.cfg"], texts[HOSTS_MAP], texts[HEALTH_MAP])
+    return HaproxyFiles(config, maps)
 
 
 def install(files: HaproxyFiles, paths: Paths) -> None:
     """Write each file to a temporary name, keep the previous one as ``<name>.bak``,
     then rename into place: HAProxy never reads a half-written file."""
     for name, text in files.files().items():
-        replace_file(paths.live / name, text.encode(), backup=True)
+        # 600: the configuration may hold the stats password; HAProxy runs as this user.
+        replace_file(paths.live / name, text.encode(), mode=0o600, backup=True)

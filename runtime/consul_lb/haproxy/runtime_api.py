@@ -47,7 +47,8 @@ class ServerChange:
     backend: Backend  # the new backend (for its server options)
     added: tuple[Server, ...]
     removed: tuple[Server, ...]
-    moved: tuple[Server, ...] = ()  # same name (Consul ID), new address or port
+    changed: tuple[Server, ...] = ()  # same name (Consul ID): new address, port, weight...
+    previous: dict[str, Server] = dataclasses.field(default_factory=dict)  # of `changed`
 
 
 def server_only_changes(old: LoadBalancer, new: LoadBalancer) -> list[ServerChange] | None:
@@ -55,7 +56,8 @@ def server_only_changes(old: LoadBalancer, new: LoadBalancer) -> list[ServerChan
     structural (services, tags, settings)."""
 
     def shape(b: Backend) -> Backend:
-        return dataclasses.replace(b, servers=())
+        # Hosts and path prefixes live in the routing maps (changed live too).
+        return dataclasses.replace(b, servers=(), hosts=(), path=None)
 
     if [shape(b) for b in old.backends] != [shape(b) for b in new.backends]:
         return None
@@ -72,18 +74,17 @@ def server_only_changes(old: LoadBalancer, new: LoadBalancer) -> list[ServerChan
             # HAProxy resolves host names when it loads its configuration ("init-addr
             # libc"); a server added at run time with a host name would stay unresolved.
             return None
-        if any(
-            s.name in old_by_name
-            and dataclasses.replace(old_by_name[s.name], address=s.address, port=s.port) != s
-            for s in arriving
-        ):
-            return None  # a server's options changed (e.g. its maxconn): reload
         changes.append(
             ServerChange(
                 after,
                 tuple(s for s in after.servers if s.name not in old_by_name),
                 tuple(s for s in before.servers if s.name not in new_by_name),
                 tuple(s for s in after.servers if old_by_name.get(s.name, s) != s),
+                {
+                    s.name: old_by_name[s.name]
+                    for s in after.servers
+                    if old_by_name.get(s.name, s) != s
+                },
             )
         )
     return changes
@@ -129,34 +130,47 @@ class RuntimeApi:
         # Server options of backends with HAPROXY.BACKEND.TLS (render.server_tls).
         self.server_tls = server_tls(None)
 
-    def _run(self, command: str, success: tuple[str, ...] = ()) -> None:
+    def _run(self, command: str, success: tuple[str, ...] = (), exact: bool = False) -> None:
         """One command; HAProxy answers nothing on success, except for the commands whose
-        success answers start as ``success`` says."""
+        success answers start as ``success`` says (with ``exact``: are exactly one of
+        them, up to a final period)."""
         answer = self.admin(command).strip()
-        self.commands += 1
-        ok = answer.startswith(success) if success else not answer
+        self.commands += command.count("; ") + 1
+        if exact:
+            ok = answer.rstrip(".") in {s.rstrip(".") for s in success}
+        else:
+            ok = answer.startswith(success) if success else not answer
         if not ok:
             raise RuntimeApiError(f"{command!r}: {answer or 'no answer'}")
 
-    def _move(self, backend: str, server: Server) -> None:
-        self._run(
-            f"set server {backend}/{server.name} addr {server.address} port {server.port}",
-            success=("IP changed", "port changed", "nothing changed", "no need to change"),
-        )
+    def _change(self, backend: str, old: Server | None, server: Server) -> None:
+        """Make a running server what ``server`` says (address, port, weight, maxconn)."""
+        name = f"{backend}/{server.name}"
+        if old is None or (old.address, old.port) != (server.address, server.port):
+            # Open connections stay with the old address; new ones use the new one.
+            self._run(
+                f"set server {name} addr {server.address} port {server.port}",
+                success=("IP changed", "port changed", "nothing changed", "no need to change"),
+            )
+        if old is None or old.weight != server.weight:
+            self._run(f"set server {name} weight {server.weight}")
+        if old is None or old.maxconn != server.maxconn:
+            # 0: no limit (what a server line without maxconn means).
+            self._run(f"set maxconn server {name} {server.maxconn or 0}")
 
-    def apply(self, changes: list[ServerChange]) -> tuple[int, int]:
-        """Apply the changes; (servers added or moved, servers put to drain).
+    def apply(self, changes: list[ServerChange]) -> tuple[int, int, int]:
+        """Apply the changes; (servers added, servers changed (address, port, weight or
+        maxconn), servers put to drain).
 
         Arrivals go in before departures drain: a batch that replaces every server of a
         backend (one instance leaves as another arrives) never leaves it with none.
         """
-        added = drained = 0
+        added = changed = drained = 0
         for change in changes:
             be = change.backend.name
-            for server in change.moved:
-                # Open connections stay with the old address; new ones use the new one.
-                self._move(be, server)
-                added += 1
+            for server in change.changed:
+                self._change(be, change.previous.get(server.name), server)
+                changed += 1
             for server in change.added:
                 self._add(change.backend, server)
                 added += 1
@@ -168,7 +182,7 @@ class RuntimeApi:
                     be, server, time.monotonic() + self.drain_timeout
                 )
                 drained += 1
-        return added, drained
+        return added, changed, drained
 
     def _add(self, backend: Backend, server: Server) -> None:
         be = backend.name
@@ -176,25 +190,31 @@ class RuntimeApi:
         if pending is not None:
             # Back before its drain finished: the same server, ready again.
             if pending.server != server:
-                self._move(be, server)
+                self._change(be, pending.server, server)
             self._run(f"set server {be}/{server.name} state ready")
             return
-        self._run(
+        commands = [
             f"add server {be}/{server.name} "
             f"{server_address(server.address)}:{server.port} "
-            f"{server_options(server, self.checks, True, self.server_tls if backend.tls else '')}",
-            success=("New server registered",),
-        )
+            f"{server_options(server, self.checks, True, self.server_tls if backend.tls else '')}"
+        ]
+        if backend.sticky:
+            # A server added at run time gets no dynamic cookie of its own; enabling
+            # dynamic cookies again computes one for every server of the backend.
+            commands.append(f"enable dynamic-cookie backend {be}")
         if self.checks:
-            self._run(f"enable health {be}/{server.name}")
-        self._run(f"set server {be}/{server.name} state ready")
+            commands.append(f"enable health {be}/{server.name}")
+        commands.append(f"set server {be}/{server.name} state ready")
+        # One connection for all of them (HAProxy's CLI runs ";"-separated commands in
+        # order; none of ours contains a ";"): only the first answers anything.
+        self._run("; ".join(commands), success=("New server registered",), exact=True)
 
     def sweep(self) -> int:
         """Delete drained servers that have no connection left, or whose drain timed out;
         returns how many were deleted."""
         if not self.draining:
             return 0
-        sessions = self.current_sessions()
+        sessions = self.current_sessions({be for be, _ in self.draining})
         deleted = 0
         now = time.monotonic()
         for key, entry in list(self.draining.items()):
@@ -223,14 +243,17 @@ class RuntimeApi:
                 log.debug("del server %s/%s: %s", be, name, answer)
         return deleted
 
-    def current_sessions(self) -> dict[tuple[str, str], int]:
-        """Open sessions per (backend, server), from ``show stat``."""
-        text = self.admin("show stat -1 4 -1").lstrip("# ")
-        self.commands += 1
+    def current_sessions(self, backends: set[str]) -> dict[tuple[str, str], int]:
+        """Open sessions per (backend, server) of these backends, from ``show stat``
+        (asked backend by backend: the whole table of thousands of servers costs tens of
+        MiB to parse, every half second while anything drains)."""
         out: dict[tuple[str, str], int] = {}
-        for row in csv.DictReader(io.StringIO(text)):
-            if row.get("scur", "").isdigit():
-                out[(row["pxname"], row["svname"])] = int(row["scur"])
+        for be in sorted(backends):
+            text = self.admin(f"show stat {be} 4 -1").lstrip("# ")
+            self.commands += 1
+            for row in csv.DictReader(io.StringIO(text)):
+                if row.get("scur", "").isdigit():
+                    out[(row["pxname"], row["svname"])] = int(row["scur"])
         return out
 
     def set_map(self, path: str, old: str, new: str) -> int:
@@ -250,6 +273,22 @@ class RuntimeApi:
                 continue
             count += 1
         return count
+
+    def replace_map(self, path: str, new: str) -> int:
+        """Replace every entry of the map HAProxy loaded from ``path`` at once, in the
+        order of ``new`` (HAProxy's ``prepare map``/``commit map``: requests see the old
+        map or the new one; map_beg and map_end match in order); returns the commands."""
+        answer = self.admin(f"prepare map {path}").strip()
+        self.commands += 1
+        version = answer.rpartition(" ")[2]
+        if not answer.startswith("New version created") or not version.isdigit():
+            raise RuntimeApiError(f"prepare map {path}: {answer or 'no answer'}")
+        count = 1
+        for key, value in parse_map(new).items():
+            self._run(f"add map @{version} {path} {key} {value}")
+            count += 1
+        self._run(f"commit map @{version} {path}")
+        return count + 1
 
     def forget(self) -> None:
         """After a reload the new process has none of the draining servers; the old one

@@ -7,9 +7,10 @@ otherwise: a saved address or port wins over the one in the new haproxy.cfg, and
 saved DRAIN or MAINT admin state comes back. So before each reload the runtime writes
 the file itself, from HAProxy's answer, keeping only what must survive:
 
-- kept: servers that keep their name, address and port (their health, and weights or
-  states an operator set at run time, survive the reload);
-- dropped: servers whose address or port changed (the new configuration's wins),
+- kept: servers that keep their name, address, port and configured weight (their
+  health, and weights or states an operator set at run time, survive the reload);
+- dropped: servers whose address, port or weight from Consul changed (the new
+  configuration's wins),
   servers the runtime drained to delete them (they start afresh if they are back),
   servers that are gone.
 
@@ -62,6 +63,8 @@ def reconcile(
             continue
         if row.get("srv_port") != str(server.port):
             continue
+        if row.get("srv_iweight", str(server.weight)) != str(server.weight):
+            continue  # Consul's weight changed: the new configuration's wins
         if (
             not _same_address(row.get("srv_addr", ""), server.address)
             and row.get("srv_fqdn") != server.address

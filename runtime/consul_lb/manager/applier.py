@@ -14,6 +14,7 @@ after the server-state file has been reconciled with the new configuration.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import time
 from dataclasses import dataclass, field
@@ -26,14 +27,9 @@ from consul_lb.haproxy.limits import Limits, fit
 from consul_lb.haproxy.process import Haproxy, ReloadError
 from consul_lb.haproxy.runtime_api import RuntimeApi, RuntimeApiError, server_only_changes
 from consul_lb.manager import isolate
-from consul_lb.render import (
-    DRAINING,
-    HEALTH_MAP,
-    HOSTS_MAP,
-    HaproxyFiles,
-    Renderer,
-    server_tls,
-)
+from consul_lb.maps import DRAINING, HEALTH_MAP, ORDERED_MAPS
+from consul_lb.model.claims import Holders
+from consul_lb.render import HaproxyFiles, Renderer, server_tls
 from consul_lb.settings import Settings
 
 log = logging.getLogger("apply")
@@ -61,6 +57,19 @@ def reason(failure: str) -> str:
     if failure.startswith(TEMPLATE_FAILS):
         return failure
     return f"haproxy -c rejects its configuration: {failure}"
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def summary(lb: model.LoadBalancer) -> str:
+    """What a load balancer publishes, for the "applied:" log line."""
+    servers = sum(len(b.servers) for b in lb.backends)
+    return (
+        f"{plural(len(lb.backends), 'service')}, {plural(servers, 'server')}, "
+        f"{len(lb.skipped)} skipped"
+    )
 
 
 def frontend_ports(lb: model.LoadBalancer, settings: Settings) -> list[int]:
@@ -133,8 +142,7 @@ class Applier:
         """Model, port probe, limits and render, as a reload would install them (no
         check). Raises what the template raises."""
         started = time.monotonic()
-        held = self.applied.ports if self.applied else {}
-        lb, problems = model.build(catalog, self.settings, held, self.cache)
+        lb, problems = model.build(catalog, self.settings, Holders.of(self.applied), self.cache)
         lb = lb.without(self.taken_ports(lb))
         limits = self.fit_limits(lb)
         files = self.renderer.render(lb, limits, waiting)
@@ -174,7 +182,10 @@ class Applier:
         return check(files, self.paths.live)
 
     def taken_ports(self, lb: model.LoadBalancer) -> dict[str, str]:
+        # Ours: what the running configuration binds (also in a dry run next to it).
         ours = set(self.applied.ports) if self.applied else set()
+        if self.current is not None:
+            ours |= {int(p) for p in re.findall(r"^frontend tcp_(\d+)$", self.current.config, re.M)}
         return {
             b.service: f"HAPROXY.FRONTEND.PORT={b.frontend_port} is in use by another program"
             for b in lb.tcp_backends
@@ -197,6 +208,11 @@ class Applier:
     def report(self, plan: Plan) -> None:
         lines = [f"skipping service {s.service!r}: {s.reason}" for s in plan.lb.skipped]
         lines += [f"leaving out {p}" for p in plan.problems]
+        if self.settings.sticky_key is None and any(b.sticky for b in plan.lb.backends):
+            lines.append(
+                "sticky sessions use a cookie key derived from HAPROXY_DOM, which anyone can "
+                "compute: set HAPROXY_STICKY_KEY, the same on every load balancer of the fleet"
+            )
         for line in lines:
             if line not in self.reported:
                 log.warning("%s", line)
@@ -228,9 +244,7 @@ class Applier:
         return "reload" if self.reload(checked, started) else "rejected"
 
     def _plan_without_render_errors(self, catalog: Catalog, waiting: bool, exc: Exception) -> Plan:
-        lb, problems = model.build(
-            catalog, self.settings, self.applied.ports if self.applied else {}, self.cache
-        )
+        lb, problems = model.build(catalog, self.settings, Holders.of(self.applied), self.cache)
         bad = isolate.culprits(
             self.applied, lb, self.trial, f"{TEMPLATE_FAILS}{type(exc).__name__}: {exc}"
         )
@@ -251,11 +265,15 @@ class Applier:
         if changes is None:
             return False
         try:
-            added, drained = self.api.apply(changes)
-            for name in (HOSTS_MAP, HEALTH_MAP):
-                old, new = current.files()[name], plan.files.files()[name]
+            added, changed, drained = self.api.apply(changes)
+            for name, new in plan.files.maps.items():
+                old = current.maps.get(name, "")
                 if old != new:
-                    self.api.set_map(str(self.paths.live / name), old, new)
+                    path = str(self.paths.live / name)
+                    if name in ORDERED_MAPS:
+                        self.api.replace_map(path, new)
+                    else:
+                        self.api.set_map(path, old, new)
         except (RuntimeApiError, OSError) as exc:
             self.counters.runtime_api_fallbacks += 1
             log.warning("runtime API change failed, reloading instead: %s", exc)
@@ -267,12 +285,10 @@ class Applier:
         self.current, self.applied = plan.files, plan.lb
         self.counters.runtime_api_changes += 1
         log.info(
-            "applied: %d service(s), %d server(s), %d skipped (runtime API: %d server(s) "
-            "added or moved, %d draining, no reload, %.0f ms)",
-            len(plan.lb.backends),
-            sum(len(b.servers) for b in plan.lb.backends),
-            len(plan.lb.skipped),
+            "applied: %s (runtime API, no reload: %d added, %d changed, %d draining; %.0f ms)",
+            summary(plan.lb),
             added,
+            changed,
             drained,
             (time.monotonic() - started) * 1000,
         )
@@ -305,10 +321,8 @@ class Applier:
         self.counters.reload_changes += 1
         self.counters.last_reload = time.time()
         log.info(
-            "applied: %d service(s), %d server(s), %d skipped (%s, %.0f ms)",
-            len(plan.lb.backends),
-            sum(len(b.servers) for b in plan.lb.backends),
-            len(plan.lb.skipped),
+            "applied: %s (%s; %.0f ms)",
+            summary(plan.lb),
             detail or f"{self.haproxy.strategy} reload",
             (time.monotonic() - started) * 1000,
         )

@@ -28,7 +28,8 @@ from consul_lb.haproxy.iptables import IptablesError
 from consul_lb.haproxy.process import Haproxy, ReloadError, make
 from consul_lb.manager.applier import Applier, Timeline
 from consul_lb.manager.loop import CHANGED, HAPROXY_EXITED, RELOAD, STOP, Event, EventLoop
-from consul_lb.model import LoadBalancer, wants
+from consul_lb.maps import HEALTH_MAP
+from consul_lb.model import LoadBalancer, watched
 from consul_lb.observe.endpoints import Observer, Sources, start_server
 from consul_lb.observe.metrics import Figures, WatchFigures
 from consul_lb.render import HaproxyFiles, Renderer
@@ -62,7 +63,9 @@ class Runner:
         self.renderer = Renderer(settings, self.paths.template_paths(), settings.templates)
         self.applier = Applier(settings, self.paths, self.haproxy, self.renderer)
         self.client = ConsulClient(consul, settings.common.max_conns, settings.common.max_stale)
-        self.watcher = CatalogWatcher(self.client, wants, lambda: self.loop.post(Event(CHANGED)))
+        self.watcher = CatalogWatcher(
+            self.client, watched(settings), lambda: self.loop.post(Event(CHANGED))
+        )
         self.watcher.outage.context = self.outage_context
         self.tls = Tls(
             settings,
@@ -108,7 +111,7 @@ class Runner:
         ):
             # A restart: serve what ran before until Consul has been read again (what
             # it publishes is not known here: the first change reloads).
-            files = HaproxyFiles(installed.config, installed.hosts_map, plan.files.health_map)
+            files = installed.with_map(HEALTH_MAP, plan.files.health_map)
             lb = None
         install(files, self.paths)
         try:
@@ -152,7 +155,11 @@ class Runner:
                 self.handle(event)
             except Exception as exc:  # contained: the running configuration keeps serving
                 self.failed("event", exc)
-            if event.kind != CHANGED:
+            # Not while changes come in, nor while waiting for the first read: state.json
+            # is rewritten whole, and at 5,000 services that is not free.
+            if event.kind != CHANGED and not (
+                event.kind == "render" and self.loop.pending("render")
+            ):
                 self.write_state()
 
     def handle(self, event: Event) -> None:
@@ -288,6 +295,17 @@ class Runner:
         watches = self.watcher.statuses()
         state["watches"] = [s.public() for s in watches]
         state["last_sync"] = max((w.last_success for w in watches), default=0.0) or None
+        since = self.watcher.outage.since
+        state["consul"] = {
+            "address": self.client.config.address,
+            "requests": self.client.stats.requests,
+            "errors": self.client.stats.errors,
+            "connections_opened": self.client.connections_opened,
+            # Outage.since is monotonic; say it as wall-clock time.
+            "unreachable_since": None
+            if since is None
+            else time.time() - (time.monotonic() - since),
+        }
         state["last_reload"] = self.applier.counters.last_reload or None
         state["unreadable_services"] = self.watcher.missing()
         state["last_change"] = dataclasses.asdict(self.last_change) if self.last_change else None
@@ -336,8 +354,13 @@ class Runner:
                 figures=self.figures,
                 state=self.state,
                 config_file=self.paths.config,
-                secrets=lambda: [token] if token else [],
+                secrets=lambda: (
+                    [token, *self.settings.secrets()] if token else self.settings.secrets()
+                ),
                 haproxy_metrics=("127.0.0.1", self.settings.stats_port),
+                haproxy_auth=(self.settings.stats_user, self.settings.stats_password)
+                if self.settings.stats_user and self.settings.stats_password
+                else None,
             )
         )
         port = self.settings.runtime_port

@@ -4,7 +4,7 @@ No I/O here: ``types`` holds the values, ``tags`` reads ``HAPROXY.*`` tags, ``bu
 decides what is published and what is skipped.
 """
 
-from consul_lb.model.build import Candidates, build, server_name, valid_address, wants
+from consul_lb.model.build import Candidates, build, server_name, valid_address, wants, watched
 from consul_lb.model.types import Backend, LoadBalancer, Server, Skipped
 
 __all__ = [
@@ -17,4 +17,5 @@ __all__ = [
     "server_name",
     "valid_address",
     "wants",
+    "watched",
 ]

@@ -17,11 +17,11 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 
-from consul_lb.consul.catalog import PASSING, Catalog, Instance, Service
-from consul_lb.model.tags import PREFIX, ServiceOptions, TagError, parse_tags, printable
+from consul_lb.consul.catalog import PASSING, WARNING, Catalog, Instance, Service
+from consul_lb.model.claims import Candidate, Holders, resolve
+from consul_lb.model.tags import EXTERNAL, PREFIX, ServiceOptions, TagError, parse_tags, printable
 from consul_lb.model.types import Backend, LoadBalancer, Server, Skipped
 from consul_lb.settings import DNS_LABEL, Settings, is_dns_name
 
@@ -36,10 +36,18 @@ BACKEND_OPTIONS = {
     "protocol": "HAPROXY.PROTOCOL",
     "balance": "HAPROXY.BACKEND.BALANCE",
     "frontend_port": "HAPROXY.FRONTEND.PORT",
+    "hosts": "HAPROXY.FRONTEND.HOSTS",
+    "path": "HAPROXY.FRONTEND.PATH",
+    "strip_path": "HAPROXY.BACKEND.STRIP_PATH",
+    "sticky": "HAPROXY.BACKEND.STICKY",
+    "healthcheck_path": "HAPROXY.BACKEND.HEALTHCHECK.PATH",
+    "allow": "HAPROXY.FRONTEND.ALLOW",
     "redirect_https": "HAPROXY.FRONTEND.REDIRECT_HTTPS",
     "hsts": "HAPROXY.FRONTEND.HSTS",
     "backend_tls": "HAPROXY.BACKEND.TLS",
 }
+# HAProxy's server weights are 0..256 ("weight" in HAProxy's configuration manual).
+MAX_WEIGHT = 256
 
 
 def wants(name: str, tags: tuple[str, ...]) -> bool:
@@ -48,7 +56,32 @@ def wants(name: str, tags: tuple[str, ...]) -> bool:
     return any(t.startswith(PREFIX) for t in tags)
 
 
+def watched(settings: Settings) -> Callable[[str, tuple[str, ...]], bool]:
+    """The services this load balancer watches, from the tags Consul lists for them
+    (the union over their instances): those with an HAPROXY.* tag, in its groups
+    (HAPROXY_GROUPS). An instance without HAPROXY.GROUP is in group "external": a load
+    balancer that publishes it must watch every tagged service, since the union of
+    tags cannot show that no instance is untagged."""
+    groups = set(settings.groups)
+    every = "*" in groups or EXTERNAL in groups
+    group_tag = f"{PREFIX}GROUP="
+
+    def wanted(name: str, tags: tuple[str, ...]) -> bool:
+        if not wants(name, tags):
+            return False
+        return every or any(t.startswith(group_tag) and t[len(group_tag) :] in groups for t in tags)
+
+    return wanted
+
+
+IPV4 = re.compile(
+    r"^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}\Z"
+)
+
+
 def valid_address(address: str) -> bool:
+    if IPV4.match(address):  # the usual case, without ipaddress's cost
+        return True
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -69,6 +102,21 @@ def server_name(instance: Instance) -> str:
     return f"srv-{digest[:12]}"
 
 
+def consul_weight(inst: Instance) -> int:
+    """The instance's Consul weight for its current status (Consul's ``Weights``)."""
+    return inst.weight_warning if inst.status == WARNING else inst.weight_passing
+
+
+def haproxy_weights(raw: Iterable[int]) -> dict[int, int]:
+    """Consul weights (1..65535, 0 allowed for Warning) -> HAProxy weights (0..256):
+    as they are when they fit, else scaled in proportion, no positive weight below 1."""
+    found = set(raw)
+    top = max(found, default=0)
+    if top <= MAX_WEIGHT:
+        return {w: max(0, w) for w in found}
+    return {w: 0 if w <= 0 else max(1, round(w * MAX_WEIGHT / top)) for w in found}
+
+
 def servers_of(
     instances: Iterable[tuple[Instance, ServiceOptions]],
 ) -> tuple[tuple[Server, ...], list[str]]:
@@ -77,7 +125,9 @@ def servers_of(
     servers: list[Server] = []
     problems: list[str] = []
     used: set[str] = set()
-    for inst, options in sorted(instances, key=lambda io: io[0]):
+    ordered = sorted(instances, key=lambda io: io[0])
+    weights = haproxy_weights(consul_weight(i) for i, _ in ordered)
+    for inst, options in ordered:
         if not valid_address(inst.address):
             problems.append(
                 f"instance {printable(inst.service_id)} has an invalid address "
@@ -97,18 +147,10 @@ def servers_of(
             while name in used:  # still taken (a crafted ID, or a repeated instance)
                 name, n = f"{base}-{n}", n + 1
         used.add(name)
-        servers.append(Server(name, inst.address, inst.port, options.maxconn))
+        servers.append(
+            Server(name, inst.address, inst.port, options.maxconn, weights[consul_weight(inst)])
+        )
     return tuple(sorted(servers, key=lambda s: s.name)), problems
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One service on its own, before services are checked against each other."""
-
-    backend: Backend | None
-    skipped: Skipped | None
-    problems: tuple[str, ...]
-    age: int  # CreateIndex of its oldest instance: who was there first
 
 
 def candidate(service: Service, settings: Settings) -> Candidate | None:
@@ -126,10 +168,10 @@ def candidate(service: Service, settings: Settings) -> Candidate | None:
             # enables it ("HAPROXY.ENABLE=yes") must not pass in silence.
             errors.append((inst, str(exc)))
             continue
-        if options.enabled:
+        if options.enabled and ("*" in settings.groups or options.group in settings.groups):
             parsed.append((inst, options))
     if not parsed and not errors:
-        return None
+        return None  # nothing of it asks to be published here
     age = min(i.create_index for i, _ in [*parsed, *errors])
     reason = _check_name(service.name, settings)
     if reason is None and not parsed:
@@ -137,7 +179,7 @@ def candidate(service: Service, settings: Settings) -> Candidate | None:
     if reason is not None:
         return Candidate(None, Skipped(service.name, reason), (), age)
     problems = [f"instance {printable(i.service_id)}: {why}" for i, why in errors]
-    statuses = {PASSING, "warning"} if settings.health_warning == "include" else {PASSING}
+    statuses = {PASSING, WARNING} if settings.health_warning == "include" else {PASSING}
     published = [(i, o) for i, o in parsed if i.status in statuses]
     # The backend's own options: from the newest instance that passes (or, while none
     # passes, the newest one, so that the backend keeps its shape).
@@ -159,13 +201,21 @@ def candidate(service: Service, settings: Settings) -> Candidate | None:
         return Candidate(None, Skipped(service.name, reason), tuple(problems), age)
     servers, bad = servers_of(published)
     problems += bad
+    name = f"{service.name}.{settings.domain}"
+    http = options.protocol == "http"
     backend = Backend(
         service=service.name,
-        name=f"{service.name}.{settings.domain}",
+        name=name,
         protocol=options.protocol,
         balance=options.balance,
         frontend_port=options.frontend_port,
         servers=servers,
+        hosts=(name, *(h for h in options.hosts if h != name)) if http else (),
+        path=options.path,
+        strip_path=options.strip_path,
+        sticky=options.sticky,
+        healthcheck_path=options.healthcheck_path,
+        allow=options.allow,
         redirect_https=options.redirect_https,
         hsts=options.hsts,
         tls=options.backend_tls,
@@ -207,48 +257,17 @@ class Candidates:
 def build(
     catalog: Catalog,
     settings: Settings,
-    held: Mapping[int, str] | None = None,
+    held: Holders | None = None,
     cache: Candidates | None = None,
 ) -> tuple[LoadBalancer, list[str]]:
-    """The load balancer for a catalog, plus problems with single instances (left out
-    without skipping their service). ``held`` maps the tcp frontend ports of the running
-    load balancer to their services: a port stays with the service that holds it."""
+    """The load balancer for a catalog, plus problems with single instances or routes
+    (left out without skipping their service). ``held`` says which services hold which
+    tcp ports and routes in the running load balancer: they keep them."""
     cache = cache or Candidates()
     found = [(s.name, cache.get(s, settings)) for s in catalog.services]
     cache.forget_except({name for name, _ in found})
     candidates = [c for _, c in found if c is not None]
-    held = held or {}
-    owners: dict[int, str] = {
-        settings.http_port: "the http frontend",
-        settings.stats_port: "the stats frontend",
-    }
-    if settings.tls.enabled:
-        owners[settings.tls.https_port] = "the https frontend"
-
-    def claim_order(c: Candidate) -> tuple[int, int, str]:
-        b = c.backend
-        holds = (
-            b is not None and b.frontend_port is not None and held.get(b.frontend_port) == b.service
-        )
-        return (0 if holds else 1, c.age, b.service if b else "")
-
-    backends: list[Backend] = []
-    skipped = [c.skipped for c in candidates if c.skipped is not None]
-    problems = [p for c in candidates for p in c.problems]
-    for c in sorted((c for c in candidates if c.backend is not None), key=claim_order):
-        b = c.backend
-        assert b is not None
-        if b.frontend_port is not None:
-            owner = owners.get(b.frontend_port)
-            if owner is not None:
-                skipped.append(
-                    Skipped(
-                        b.service, f"HAPROXY.FRONTEND.PORT={b.frontend_port} is held by {owner}"
-                    )
-                )
-                continue
-            owners[b.frontend_port] = f"service {b.service!r}"
-        backends.append(b)
+    backends, skipped, problems = resolve(candidates, settings, held or Holders())
     return (
         LoadBalancer(
             tuple(sorted(backends, key=lambda b: b.service)),

@@ -7,10 +7,13 @@ do not start with ``HAPROXY.`` belong to someone else and are ignored.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from consul_lb.model import values
 
 PREFIX = "HAPROXY."
 PROTOCOLS = ("http", "tcp")
@@ -36,6 +39,9 @@ class TagError(ValueError):
     """A service's tags cannot be published; the message says which tag and why."""
 
 
+EXTERNAL = "external"  # the group of a service without HAPROXY.GROUP (marathon-lb's)
+
+
 @dataclass(frozen=True)
 class ServiceOptions:
     enabled: bool = False
@@ -43,6 +49,13 @@ class ServiceOptions:
     balance: str = "roundrobin"
     maxconn: int | None = None
     frontend_port: int | None = None
+    hosts: tuple[str, ...] = ()  # aliases besides <service>.<domain>
+    path: str | None = None  # path prefix routed to the service
+    strip_path: bool = False
+    sticky: bool = False
+    healthcheck_path: str | None = None
+    group: str = EXTERNAL
+    allow: tuple[str, ...] = ()  # client networks; empty: everyone
     redirect_https: bool = False  # plain-http requests get a 308 to https
     hsts: int | None = None  # Strict-Transport-Security max-age, seconds
     backend_tls: bool = False  # HAProxy speaks TLS to the instances
@@ -90,6 +103,18 @@ def _max_age(raw: str) -> int:
     return int(raw)
 
 
+def _value(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A parser of model/values.py, its ValueError as a TagError."""
+
+    def tag(raw: str) -> Any:
+        try:
+            return parse(raw)
+        except ValueError as exc:
+            raise TagError(str(exc).replace(repr(raw), printable(raw))) from None
+
+    return tag
+
+
 # tag key (after the prefix) -> (field of ServiceOptions, parser)
 TAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "ENABLE": ("enabled", _bool),
@@ -97,14 +122,29 @@ TAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "BACKEND.BALANCE": ("balance", _balance),
     "BACKEND.MAXCONN": ("maxconn", _bounded_int(1, 1_000_000)),
     "FRONTEND.PORT": ("frontend_port", _bounded_int(1, MAX_PORT)),
+    "FRONTEND.HOSTS": ("hosts", _value(values.hosts)),
+    "FRONTEND.PATH": ("path", _value(values.path)),
+    "BACKEND.STRIP_PATH": ("strip_path", _bool),
+    "BACKEND.STICKY": ("sticky", _bool),
+    "BACKEND.HEALTHCHECK.PATH": ("healthcheck_path", _value(values.path)),
+    "GROUP": ("group", _value(values.group)),
+    "FRONTEND.ALLOW": ("allow", _value(values.networks)),
     "FRONTEND.REDIRECT_HTTPS": ("redirect_https", _bool),
     "FRONTEND.HSTS": ("hsts", _max_age),
     "BACKEND.TLS": ("backend_tls", _bool),
 }
+# Options that read HTTP, refused for tcp services.
+HTTP_ONLY = ("hosts", "path", "strip_path", "sticky", "healthcheck_path")
 
 
 def parse_tags(tags: Iterable[str]) -> ServiceOptions:
-    """Options from a service's tags; TagError for unknown, malformed or conflicting tags."""
+    """Options from an instance's tags; TagError for unknown, malformed or conflicting
+    tags. Thousands of instances carry the same tags: each distinct set is parsed once."""
+    return _parse(tuple(sorted(set(tags))))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(tags: tuple[str, ...]) -> ServiceOptions:
     values: dict[str, Any] = {}
     seen: dict[str, str] = {}
     for tag in sorted(set(tags)):
@@ -130,6 +170,14 @@ def parse_tags(tags: Iterable[str]) -> ServiceOptions:
             f"HAPROXY.BACKEND.BALANCE={options.balance} needs HTTP; tcp services can use "
             "roundrobin, static-rr, leastconn, first, source, random or rdp-cookie"
         )
+    if options.protocol == "tcp":
+        http_only = [k for k, (f, _) in TAGS.items() if f in HTTP_ONLY and f in values]
+        if http_only:
+            raise TagError(
+                f"{', '.join(PREFIX + k for k in http_only)} need(s) HTTP: this is a tcp service"
+            )
+    if options.strip_path and options.path is None:
+        raise TagError("HAPROXY.BACKEND.STRIP_PATH=true needs HAPROXY.FRONTEND.PATH=/<prefix>")
     if options.protocol == "tcp" and (options.redirect_https or options.hsts is not None):
         raise TagError(
             "HAPROXY.FRONTEND.REDIRECT_HTTPS and HAPROXY.FRONTEND.HSTS apply to http services"

@@ -14,6 +14,7 @@ class Server:
     address: str
     port: int
     maxconn: int | None = None  # HAPROXY.BACKEND.MAXCONN of this instance
+    weight: int = 1  # HAProxy's weight (0..256), from Consul's Weights
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,9 +25,22 @@ class Backend:
     balance: str
     frontend_port: int | None
     servers: tuple[Server, ...]
+    # Hosts it answers for (its own name first, then aliases), and the path prefix it
+    # takes on them (None: every path not taken by another service).
+    hosts: tuple[str, ...] = ()
+    path: str | None = None
+    strip_path: bool = False
+    sticky: bool = False
+    healthcheck_path: str | None = None
+    allow: tuple[str, ...] = ()  # client networks; empty: everyone
     redirect_https: bool = False  # HAPROXY.FRONTEND.REDIRECT_HTTPS
     hsts: int | None = None  # HAPROXY.FRONTEND.HSTS (max-age, seconds)
     tls: bool = False  # HAPROXY.BACKEND.TLS: TLS to the servers
+
+    @property
+    def routes(self) -> tuple[tuple[str, str | None], ...]:
+        """(host, path prefix) pairs this backend is reached by."""
+        return tuple((h, self.path) for h in self.hosts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +64,11 @@ class LoadBalancer:
 
     def backend(self, service: str) -> Backend | None:
         return next((b for b in self.backends if b.service == service), None)
+
+    @property
+    def routes(self) -> dict[tuple[str, str | None], str]:
+        """(host, path prefix) -> the service reached there."""
+        return {r: b.service for b in self.http_backends for r in b.routes}
 
     @property
     def ports(self) -> dict[int, str]:

@@ -13,6 +13,7 @@ can express. Both halves are Prometheus text format 0.0.4 with disjoint names
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import logging
@@ -47,6 +48,7 @@ class Sources:
     config_file: Path
     secrets: Callable[[], list[str]]
     haproxy_metrics: tuple[str, int] | None = None  # the stats frontend (host, port)
+    haproxy_auth: tuple[str, str] | None = None  # HAPROXY_STATS_USER and its password
 
 
 class Observer:
@@ -85,7 +87,13 @@ class Observer:
         # http.client, not urllib: no HTTP_PROXY variable may send this elsewhere.
         conn = http.client.HTTPConnection(host, port, timeout=10)
         try:
-            conn.request("GET", HAPROXY_METRICS_PATH + (f"?{query}" if query else ""))
+            headers = {}
+            if self.sources.haproxy_auth is not None:
+                token = base64.b64encode(":".join(self.sources.haproxy_auth).encode()).decode()
+                headers["Authorization"] = f"Basic {token}"
+            conn.request(
+                "GET", HAPROXY_METRICS_PATH + (f"?{query}" if query else ""), headers=headers
+            )
             resp = conn.getresponse()
             body = resp.read()
         except (OSError, http.client.HTTPException) as exc:
