@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from consul_lb.acme import settings as acme_settings
+from consul_lb.acme.settings import AcmeSettings
 from consul_lb.durations import DurationError, parse_duration, parse_wait
 from consul_lb.tls import settings as tls_settings
 from consul_lb.tls.settings import TlsSettings
@@ -117,6 +119,8 @@ class Settings:
     common: Common = Common()
     # HTTPS frontend, certificate sources, TLS to backends (consul_lb/tls/settings.py).
     tls: TlsSettings = TlsSettings()  # noqa: RUF009 (frozen: one shared default is safe)
+    # Certificates from ACME, coordinated through Consul (consul_lb/acme/settings.py).
+    acme: AcmeSettings = AcmeSettings()  # noqa: RUF009 (frozen, as above)
 
     def secrets(self) -> list[str]:
         """Values no log line, endpoint or printed configuration may show."""
@@ -354,6 +358,8 @@ def from_env(env: Mapping[str, str]) -> Settings:
         )
     tls, bad = tls_settings.read(env)
     errors += bad
+    acme, bad = acme_settings.read(env)
+    errors += bad + acme_settings.check(acme, tls)
     ports = {
         "HAPROXY_HTTP_PORT": values.get("http_port", 8080),
         "HAPROXY_STATS_PORT": values.get("stats_port", 4444),
@@ -365,4 +371,4 @@ def from_env(env: Mapping[str, str]) -> Settings:
             errors.append(f"{a} and {b} must differ (both {pa})")
     if errors:
         raise SettingsError(errors)
-    return Settings(**values, common=Common(**common), tls=tls)
+    return Settings(**values, common=Common(**common), tls=tls, acme=acme)

@@ -25,6 +25,8 @@ DEFAULTS = {
     "FRONTEND.REDIRECT_HTTPS": False,
     "FRONTEND.HSTS": None,
     "BACKEND.TLS": False,
+    # issue 13 (ACME)
+    "FRONTEND.ACME": False,
 }
 # tag key -> (tags that set it, the value it gives, invalid values). FRONTEND.PORT needs
 # a tcp service, so its cases bring HAPROXY.PROTOCOL=tcp along.
@@ -91,6 +93,11 @@ CASES: dict[str, tuple[tuple[str, ...], object, tuple[str, ...]]] = {
         ("-1", "1y", "31536000; includeSubDomains", "315360001", "1e6", "", '"3600"'),
     ),
     "BACKEND.TLS": (("HAPROXY.BACKEND.TLS=true",), True, ("yes", "ssl", "", "true ")),
+    "FRONTEND.ACME": (
+        ("HAPROXY.FRONTEND.ACME=true",),
+        True,
+        ("yes", "1", "letsencrypt", "", "true ", "true\nfrontend x"),
+    ),
 }
 
 
@@ -323,3 +330,11 @@ def test_allow_applies_to_tcp_services_too() -> None:
         "HAPROXY.FRONTEND.ALLOW=10.0.0.0/8",
     ]
     assert parse_tags(tcp).allow == ("10.0.0.0/8",)
+
+
+def test_acme_applies_to_http_services_only() -> None:
+    # HTTP-01 is answered on the http frontend for the hosts of an http service.
+    tcp = ["HAPROXY.PROTOCOL=tcp", "HAPROXY.FRONTEND.PORT=5432"]
+    with pytest.raises(TagError, match=r"HAPROXY\.FRONTEND\.ACME applies to http services"):
+        parse_tags([*tcp, "HAPROXY.FRONTEND.ACME=true"])
+    assert parse_tags([*tcp, "HAPROXY.FRONTEND.ACME=false"]).acme is False

@@ -45,6 +45,7 @@ BACKEND_OPTIONS = {
     "redirect_https": "HAPROXY.FRONTEND.REDIRECT_HTTPS",
     "hsts": "HAPROXY.FRONTEND.HSTS",
     "backend_tls": "HAPROXY.BACKEND.TLS",
+    "acme": "HAPROXY.FRONTEND.ACME",
 }
 # HAProxy's server weights are 0..256 ("weight" in HAProxy's configuration manual).
 MAX_WEIGHT = 256
@@ -219,6 +220,7 @@ def candidate(service: Service, settings: Settings) -> Candidate | None:
         redirect_https=options.redirect_https,
         hsts=options.hsts,
         tls=options.backend_tls,
+        acme=options.acme,
     )
     return Candidate(backend, None, tuple(f"service {service.name!r}: {p}" for p in problems), age)
 

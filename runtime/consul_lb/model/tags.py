@@ -59,6 +59,7 @@ class ServiceOptions:
     redirect_https: bool = False  # plain-http requests get a 308 to https
     hsts: int | None = None  # Strict-Transport-Security max-age, seconds
     backend_tls: bool = False  # HAProxy speaks TLS to the instances
+    acme: bool = False  # a certificate for the service's hosts from HAPROXY_ACME_DIRECTORY
 
 
 def _bool(raw: str) -> bool:
@@ -132,6 +133,7 @@ TAGS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "FRONTEND.REDIRECT_HTTPS": ("redirect_https", _bool),
     "FRONTEND.HSTS": ("hsts", _max_age),
     "BACKEND.TLS": ("backend_tls", _bool),
+    "FRONTEND.ACME": ("acme", _bool),
 }
 # Options that read HTTP, refused for tcp services.
 HTTP_ONLY = ("hosts", "path", "strip_path", "sticky", "healthcheck_path")
@@ -182,6 +184,9 @@ def _parse(tags: tuple[str, ...]) -> ServiceOptions:
         raise TagError(
             "HAPROXY.FRONTEND.REDIRECT_HTTPS and HAPROXY.FRONTEND.HSTS apply to http services"
         )
+    if options.protocol == "tcp" and options.acme:
+        # HTTP-01 is answered on the http frontend, for the hosts of an http service.
+        raise TagError("HAPROXY.FRONTEND.ACME applies to http services")
     if options.protocol == "http" and options.frontend_port is not None:
         raise TagError(
             "HAPROXY.FRONTEND.PORT applies to tcp services; http services are routed "

@@ -36,6 +36,7 @@ class Backend:
     redirect_https: bool = False  # HAPROXY.FRONTEND.REDIRECT_HTTPS
     hsts: int | None = None  # HAPROXY.FRONTEND.HSTS (max-age, seconds)
     tls: bool = False  # HAPROXY.BACKEND.TLS: TLS to the servers
+    acme: bool = False  # HAPROXY.FRONTEND.ACME: its hosts get a certificate from ACME
 
     @property
     def routes(self) -> tuple[tuple[str, str | None], ...]:

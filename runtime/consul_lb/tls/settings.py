@@ -79,14 +79,14 @@ def _directory(raw: str) -> Path:
     return Path(raw)
 
 
-def _readable_file(raw: str) -> Path:
+def readable_file(raw: str) -> Path:
     path = _directory(raw)
     if not path.is_file() or not os.access(path, os.R_OK):
         raise ValueError(f"{raw!r} is not a readable file")
     return path
 
 
-def _kv_prefix(raw: str) -> str:
+def kv_prefix(raw: str) -> str:
     value = raw.strip("/")
     if not KV_PREFIX.match(value) or any(part in {".", ".."} for part in value.split("/")):
         raise ValueError(
@@ -142,7 +142,7 @@ def _networks(raw: str) -> tuple[str, ...]:
 VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "HAPROXY_HTTPS_PORT": ("https_port", _port),
     "HAPROXY_TLS_CERT_DIR": ("cert_dir", _directory),
-    "HAPROXY_TLS_CERT_KV": ("cert_kv", _kv_prefix),
+    "HAPROXY_TLS_CERT_KV": ("cert_kv", kv_prefix),
     "HAPROXY_TLS_DEFAULT_CERT": ("default_cert", _cert_name),
     "HAPROXY_TLS_MIN_VERSION": ("min_version", _version),
     "HAPROXY_TLS_CIPHERS": ("ciphers", _pattern(OPENSSL_CIPHERS, "an OpenSSL cipher list")),
@@ -150,7 +150,7 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
         "ciphersuites",
         _pattern(TLS13_SUITES, "TLS 1.3 suites such as TLS_AES_128_GCM_SHA256"),
     ),
-    "HAPROXY_BACKEND_CA_FILE": ("backend_ca_file", _readable_file),
+    "HAPROXY_BACKEND_CA_FILE": ("backend_ca_file", readable_file),
     "HAPROXY_TRUSTED_PROXIES": ("trusted_proxies", _networks),
 }
 
