@@ -59,9 +59,11 @@ class Ca:
         cn: str | None = None,
         san: bool = True,
         ips: tuple[str, ...] = (),
+        age: float | None = None,
     ) -> Leaf:
         """A leaf for ``names`` (subjectAltName DNS entries unless ``san`` is False),
-        valid for ``days`` from now (negative: expired)."""
+        valid for ``days`` from now (negative: expired), issued ``age`` days ago (by
+        default one day, or a day before it expired)."""
         key = key or ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         common = cn if cn is not None else (names[0] if names else "no-name")
@@ -77,7 +79,7 @@ class Ca:
             .issuer_name(self.cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=max(1.0, -days + 1)))
+            .not_valid_before(now - datetime.timedelta(days=age or max(1.0, -days + 1)))
             .not_valid_after(now + datetime.timedelta(days=days))
         )
         entries: list[x509.GeneralName] = [x509.DNSName(n) for n in names]

@@ -45,6 +45,7 @@ class FakeConsul:
         self.checks_index = 10
         self.entries: dict[str, Entry] = {}
         self.kv: dict[str, tuple[bytes, int]] = {}
+        self.kv_sessions: dict[str, str] = {}  # key -> the session holding it (fake_consul_kv)
         self.kv_index = 10
         self.requests: Counter[str] = Counter()
         self.open_connections = 0
@@ -178,22 +179,26 @@ class FakeConsul:
                     under = sorted((k, v) for k, v in self.kv.items() if k.startswith(key))
                     if not under:
                         return 404, None, self.kv_index
-                    return (
-                        200,
-                        [
-                            {"Key": k, "Value": base64.b64encode(v).decode(), "ModifyIndex": m}
-                            for k, (v, m) in under
-                        ],
-                        self.kv_index,
-                    )
+                    return 200, [self._kv_entry(k) for k, _ in under], self.kv_index
                 if key not in self.kv:
                     return 404, None, self.kv_index
-                value, modify = self.kv[key]
-                body = [
-                    {"Key": key, "Value": base64.b64encode(value).decode(), "ModifyIndex": modify}
-                ]
-                return 200, body, self.kv_index
+                return 200, [self._kv_entry(key)], self.kv_index
         return 404, None, 0
+
+    def _kv_entry(self, key: str) -> dict[str, Any]:
+        value, modify = self.kv[key]
+        entry: dict[str, Any] = {
+            "Key": key,
+            "Value": base64.b64encode(value).decode() if value else None,
+            "ModifyIndex": modify,
+        }
+        if key in self.kv_sessions:
+            entry["Session"] = self.kv_sessions[key]
+        return entry
+
+    def change(self, method: str, path: str, query: dict[str, str], body: bytes) -> tuple[int, Any]:
+        """PUT and DELETE: none here (fake_consul_kv.py adds KV writes and sessions)."""
+        return 405, None
 
     def _sorted(self) -> Iterator[Entry]:
         return iter(sorted(self.entries.values(), key=lambda e: e.service_id))
@@ -266,8 +271,19 @@ class FakeConsul:
                     fake.open_connections -= 1
 
             def do_GET(self) -> None:
+                self.serve("GET")
+
+            def do_PUT(self) -> None:
+                self.serve("PUT")
+
+            def do_DELETE(self) -> None:
+                self.serve("DELETE")
+
+            def serve(self, method: str) -> None:
                 parts = urlsplit(self.path)
                 query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+                length = int(self.headers.get("Content-Length") or 0)
+                payload = self.rfile.read(length) if length else b""
                 with fake.lock:
                     fake.requests[parts.path] += 1
                     failing = fake.fail
@@ -276,7 +292,10 @@ class FakeConsul:
                     self.connection.close()
                     return
                 try:
-                    status, body, index = fake.answer(parts.path, query)
+                    if method == "GET":
+                        status, body, index = fake.answer(parts.path, query)
+                    else:
+                        (status, body), index = fake.change(method, parts.path, query, payload), 0
                 except ConnectionAbortedError:
                     self.close_connection = True
                     self.connection.close()
