@@ -3,7 +3,8 @@
 #  - Debian packages: Docker engine (docker.io), mmdebstrap (base image without a
 #    registry), Compose v2 (trixie's Go docker-compose, pinned: bookworm only has 1.29),
 #    Debian's docker-registry (push tests), haproxy (the fast tests run a real one),
-#    python3-venv, curl, nghttp2-client (h2load, for `invoke bench tls`).
+#    python3-venv, curl, nghttp2-client (h2load, for `invoke bench tls`), pebble (the
+#    ACME test server: the fast tests order certificates from it).
 #  - a running Docker engine (an existing one is used as it is);
 #  - the project's virtualenv in .venv with the project and its dev extra installed.
 # Idempotent and quiet when there is nothing to do. Each step is one progress line; its
@@ -58,6 +59,8 @@ command -v iptables >/dev/null || missing+=(iptables)
 command -v haproxy >/dev/null || missing+=(haproxy)
 # HTTP/1.1 and HTTP/2 load over TLS for `invoke bench tls`.
 command -v h2load >/dev/null || missing+=(nghttp2-client)
+# Let's Encrypt's ACME test server and its mock DNS: the fast tests of ACME order from it.
+command -v pebble >/dev/null || missing+=(pebble)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   # No init system here: keep package scripts from trying to start services.

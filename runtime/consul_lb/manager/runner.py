@@ -19,6 +19,7 @@ import time
 from types import FrameType
 from typing import Any, cast
 
+from consul_lb.acme.worker import Acme
 from consul_lb.consul.catalog import Catalog
 from consul_lb.consul.catalog_watch import CatalogWatcher
 from consul_lb.consul.client import ConsulClient
@@ -75,6 +76,8 @@ class Runner:
             lambda: self.loop.post(Event(CERTS)),
             self.watcher.outage,
         )
+        # Orders and renews ACME certificates on its own thread (HAPROXY_ACME_DIRECTORY).
+        self.acme = Acme(settings, self.client, self.watcher.outage)
         self.errors: dict[str, int] = {}
         self.last_error = ""
         self.waiting = True  # until the first complete read of Consul
@@ -145,6 +148,7 @@ class Runner:
     def run_loop(self) -> None:
         self.watcher.start()
         self.tls.start()
+        self.acme.start()
         if self.settings.resync_interval > 0:
             self.loop.after("resync", self.settings.resync_interval)
         while not self.stopping:
@@ -235,6 +239,7 @@ class Runner:
             self.loop.after("drain", DRAIN_TICK)
         self.tls.settle(outcome)
         self.tls.report_backends(self.applier.applied)
+        self.acme.want(self.applier.applied)
 
     def apply_certs(self) -> None:
         """Certificates changed: through the runtime API, or a render when haproxy.cfg
@@ -270,6 +275,7 @@ class Runner:
         take this instance out, wait, then let HAProxy finish open connections and exit."""
         self.watcher.stop()
         self.tls.stop()
+        self.acme.stop()
         if not self.haproxy.running():
             return 0
         log.info("SIGTERM: health check now fails; draining for %.1fs", self.settings.drain_seconds)
@@ -310,6 +316,7 @@ class Runner:
         state["unreadable_services"] = self.watcher.missing()
         state["last_change"] = dataclasses.asdict(self.last_change) if self.last_change else None
         state["tls"] = self.tls.state()
+        state["acme"] = self.acme.state()
         return state
 
     def figures(self) -> Figures:
@@ -317,6 +324,7 @@ class Runner:
         c = a.counters
         backends = lb.backends if lb else ()
         certificates, certificates_skipped = self.tls.figures()
+        acme_orders, acme_renewals = self.acme.figures()
         return Figures(
             strategy=self.haproxy.strategy,
             reloads=c.reloads,
@@ -338,6 +346,8 @@ class Runner:
             services_skipped=len(lb.skipped) if lb else 0,
             certificates=certificates,
             certificates_skipped=certificates_skipped,
+            acme_orders=acme_orders if self.acme.enabled else None,
+            acme_renewals=acme_renewals,
             waiting=self.waiting,
             errors=dict(self.errors),
             watches=[
@@ -361,6 +371,7 @@ class Runner:
                 haproxy_auth=(self.settings.stats_user, self.settings.stats_password)
                 if self.settings.stats_user and self.settings.stats_password
                 else None,
+                acme_challenge=self.acme.answer,
             )
         )
         port = self.settings.runtime_port

@@ -27,6 +27,7 @@ from typing import Any
 
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
+from consul_lb.acme.challenges import PATH_PREFIX as ACME_CHALLENGE
 from consul_lb.observe.metrics import Figures, exposition, gauge_text
 
 log = logging.getLogger("observe")
@@ -49,6 +50,8 @@ class Sources:
     secrets: Callable[[], list[str]]
     haproxy_metrics: tuple[str, int] | None = None  # the stats frontend (host, port)
     haproxy_auth: tuple[str, str] | None = None  # HAPROXY_STATS_USER and its password
+    # ACME's HTTP-01 answers: token -> key authorization (routed from the http frontend).
+    acme_challenge: Callable[[str], str | None] | None = None
 
 
 class Observer:
@@ -118,6 +121,10 @@ class Observer:
             except FileNotFoundError:
                 return HTTPStatus.SERVICE_UNAVAILABLE, TEXT, b"no configuration installed yet\n"
             return HTTPStatus.OK, TEXT, self.redact(config)
+        if path.startswith(ACME_CHALLENGE) and self.sources.acme_challenge is not None:
+            found = self.sources.acme_challenge(path[len(ACME_CHALLENGE) :])
+            if found is not None:
+                return HTTPStatus.OK, "application/octet-stream", found.encode()
         return HTTPStatus.NOT_FOUND, TEXT, b"not found\n"
 
 

@@ -52,6 +52,9 @@ class Figures:
     watches: list[WatchFigures] = field(default_factory=list)
     certificates: list[tuple[str, float]] = field(default_factory=list)  # (name, not after)
     certificates_skipped: int = 0
+    # Orders this load balancer made, by result (None: ACME off); next renewal per certificate.
+    acme_orders: dict[str, int] | None = None
+    acme_renewals: list[tuple[str, float]] = field(default_factory=list)
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
@@ -186,6 +189,27 @@ class RuntimeCollector(Collector):
             "Certificate bundles not served for bad input (the reasons are in /_consul_lb/state)",
             f.certificates_skipped,
         )
+        if f.acme_orders is not None:
+            yield from _acme(f)
+
+
+def _acme(f: Figures) -> Iterator[Metric]:
+    orders = CounterMetricFamily(
+        "consul_lb_acme_orders",
+        "ACME orders this load balancer made, by result (issued, failed)",
+        labels=["result"],
+    )
+    for result in ("issued", "failed"):
+        orders.add_metric([result], (f.acme_orders or {}).get(result, 0))
+    yield orders
+    renewal = GaugeMetricFamily(
+        "consul_lb_acme_renewal_timestamp_seconds",
+        "Unix time each ACME certificate is due for renewal (by whichever load balancer)",
+        labels=["name"],
+    )
+    for name, when in f.acme_renewals:
+        renewal.add_metric([name], when)
+    yield renewal
 
 
 def exposition(figures: Callable[[], Figures]) -> bytes:
