@@ -109,7 +109,8 @@ def test_haproxy_starts_before_consul_answers_and_says_why_it_fails(
     consul.fail = False
     eventually(lambda: harness.health() == (200, "ok"), what="health once Consul answers")
     eventually(lambda: harness.routes("web.example.com", "web-1"), what="routing")
-    assert harness.runner.state()["waiting"] is None
+    # Set once the apply returned (HAProxy may route a moment before).
+    eventually(lambda: harness.runner.state()["waiting"] is None, what="no longer waiting")
 
 
 def test_an_empty_catalog_is_a_complete_read(harness: Harness) -> None:
@@ -161,6 +162,8 @@ def test_haproxy_that_dies_is_restarted(harness: Harness) -> None:
     harness.register("web", "web-1")
     harness.start_in_background()
     eventually(lambda: harness.routes("web.example.com", "web-1"))
+    # The first apply replaced the start's process (-sf): read the pid once it is done.
+    eventually(lambda: harness.runner.state()["waiting"] is None, what="the first apply")
     pid = harness.runner.haproxy.pid
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
