@@ -20,6 +20,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from consul_lb.child import Process
 from consul_lb.haproxy import iptables
@@ -197,14 +198,9 @@ class SoftFinish(Haproxy):
 
     strategy = "naive"
 
-    def __init__(
-        self,
-        paths: Paths,
-        on_exit: Callable[[int, int], None] | None = None,
-        binary: str = "haproxy",
-    ) -> None:
-        super().__init__(paths, on_exit, binary)
-        self.old: list[Process] = []
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.old: list[Process] = []  # replaced processes finishing their connections
 
     def command(self) -> list[str]:
         return [self.binary, "-db", "-f", str(self.paths.config)]
