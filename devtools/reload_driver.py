@@ -54,7 +54,18 @@ def main() -> None:
         for i, (host, port) in enumerate(s.rsplit(":", 1) for s in args.servers.split(","))
     )
     lb = model.LoadBalancer(
-        (model.Backend("www", "www.bench.local", "http", "roundrobin", None, servers),), ()
+        (
+            model.Backend(
+                "www",
+                "www.bench.local",
+                "http",
+                "roundrobin",
+                None,
+                servers,
+                hosts=("www.bench.local",),
+            ),
+        ),
+        (),
     )
     paths = Paths(settings.state_dir)
     install(Renderer(settings, paths.template_paths()).render(lb, fit(10000, 10000)), paths)

@@ -13,6 +13,7 @@ import logging
 import signal
 import subprocess
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 
 log = logging.getLogger("child")
@@ -32,14 +33,24 @@ class Process:
         argv: Sequence[str],
         on_exit: Callable[[Process, int], None] | None = None,
         own_group: bool = False,
+        keep_stderr: int = 0,
     ) -> None:
         self.argv = list(argv)
         # Its own process group: a Ctrl-C in a terminal reaches only the runtime, which
         # then stops the child as configured instead of both at once.
         self.popen: subprocess.Popen[bytes] = subprocess.Popen(
-            self.argv, process_group=0 if own_group else None
+            self.argv,
+            process_group=0 if own_group else None,
+            stderr=subprocess.PIPE if keep_stderr else None,
         )
         self.pid = self.popen.pid
+        # With keep_stderr, the child's stderr is read here instead of passed on: its
+        # last lines, for the caller to say why the child failed.
+        self.stderr_tail: deque[str] = deque(maxlen=max(1, keep_stderr))
+        if keep_stderr:
+            threading.Thread(
+                target=self._read_stderr, name=f"stderr:{self.pid}", daemon=True
+            ).start()
         self.on_exit = on_exit
         self.exited = threading.Event()
         threading.Thread(target=self._wait, name=f"wait:{self.pid}", daemon=True).start()
@@ -52,6 +63,11 @@ class Process:
                 self.on_exit(self, code)
             except Exception:  # a callback bug must not go unseen, nor kill anything
                 log.exception("handling the exit of pid %d failed", self.pid)
+
+    def _read_stderr(self) -> None:
+        assert self.popen.stderr is not None
+        for raw in self.popen.stderr:
+            self.stderr_tail.append(raw.decode(errors="replace").rstrip())
 
     def running(self) -> bool:
         return self.popen.poll() is None

@@ -152,7 +152,10 @@ class Renderer:
         self.settings = settings
         self.paths = paths
         self.env = environment([*template_dirs, SHIPPED_TEMPLATES])
-        self.sections: dict[tuple[Backend, bool, TlsView], str] = {}
+        # Each backend's section, by the backend object's identity (a Backend is kept
+        # while its service does not change; hashing thousands of them would cost more
+        # than rendering the one that changed), with what else it depends on.
+        self.sections: dict[int, tuple[Backend, bool, TlsView, str]] = {}
         # Set by the TLS manager (consul_lb/tls/manager.py) before each render.
         self.tls = TlsView()
 
@@ -160,18 +163,30 @@ class Renderer:
         """The files for ``lb``; ``waiting`` makes the health URI fail until the first
         complete read of Consul. Raises whatever the template raises (jinja2 errors, or
         any exception from an operator's template): the caller contains it."""
-        sections: dict[tuple[Backend, bool, TlsView], str] = {}
+        sections: dict[int, tuple[Backend, bool, TlsView, str]] = {}
         backend_template = self.env.get_template(BACKEND_TEMPLATE)
 
+        by_name = {e[0].name: e for e in self.sections.values()}
+
         def backend_section(b: Backend) -> str:
-            key = (b, limits.checks, self.tls)
-            text = sections.get(key) or self.sections.get(key)
-            if text is None:
+            found = sections.get(id(b)) or self.sections.get(id(b))
+            if found is None or found[0] is not b:
+                found = by_name.get(b.name)  # an equal backend made again, or a new one
+            if found is not None and found[1:3] == (limits.checks, self.tls) and found[0] == b:
+                text = found[3]
+            else:
                 text = backend_template.render(self._context(lb, limits, b=b))
-            sections[key] = text
+            sections[id(b)] = (b, limits.checks, self.tls, text)
             return text
 
-        context = self._context(lb, limits, backend_section=backend_section)
+        # All of them in one string for the shipped template (one Jinja call per backend
+        # costs more than the join); an operator's template may call backend_section(b).
+        context = self._context(
+            lb,
+            limits,
+            backend_section=backend_section,
+            backend_sections=lambda: "".join(backend_section(b) for b in lb.backends),
+        )
         config = self.env.get_template(HAPROXY_TEMPLATE).render(context)
         self.sections = sections
         health = f"{WAITING} 1\n" if waiting else ""

@@ -223,3 +223,13 @@ def finish_load(container: Any) -> dict[str, Any]:
         container.remove(force=True)
     result: dict[str, Any] = json.loads(out[-1])
     return result
+
+
+def run_to_exit(image: str, environment: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run ``image`` until it exits (30 s at most); its exit code and its output."""
+    container = docker.from_env().containers.run(image, environment=environment, detach=True)
+    try:
+        result = container.wait(timeout=30)
+        return int(result["StatusCode"]), str(container.logs().decode())
+    finally:
+        container.remove(force=True)

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import time
 
-import docker
 import requests
 
-from tests.integration.conftest import DOMAIN, Stack, image_names, wait_until
+from tests.integration.conftest import DOMAIN, Stack, image_names, run_to_exit, wait_until
 
 ENABLE = "HAPROXY.ENABLE=true"
 
@@ -91,22 +90,13 @@ def test_a_burst_of_sighup_leaves_the_runtime_working(stack: Stack) -> None:
 
 
 def test_an_unreadable_consul_ca_file_stops_the_start_naming_it() -> None:
-    client = docker.from_env()
-    container = client.containers.run(
-        image_names().ref("haproxy"),
-        environment={
-            "HAPROXY_DOM": "example.com",
-            "CONSUL_HTTP_SSL": "true",
-            "CONSUL_CACERT": "/nonexistent/ca.pem",
-        },
-        detach=True,
-    )
-    try:
-        result = container.wait(timeout=30)
-        logs = container.logs().decode()
-    finally:
-        container.remove(force=True)
-    assert result["StatusCode"] == 2
+    env = {
+        "HAPROXY_DOM": "example.com",
+        "CONSUL_HTTP_SSL": "true",
+        "CONSUL_CACERT": "/nonexistent/ca.pem",
+    }
+    code, logs = run_to_exit(image_names().ref("haproxy"), env)
+    assert code == 2
     assert "CONSUL_CACERT: cannot read /nonexistent/ca.pem" in logs
 
 

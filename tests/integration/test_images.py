@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import docker
 
-from tests.integration.conftest import image_names
+from tests.integration.conftest import image_names, run_to_exit
 
 
 def test_haproxy_image_runs_haproxy_3() -> None:
@@ -37,12 +37,6 @@ def test_images_run_as_non_root_with_tini() -> None:
 
 
 def test_missing_domain_is_a_clear_error() -> None:
-    client = docker.from_env()
-    container = client.containers.run(image_names().ref("haproxy"), detach=True)
-    try:
-        result = container.wait(timeout=30)
-        logs = container.logs().decode()
-    finally:
-        container.remove(force=True)
-    assert result["StatusCode"] == 2
+    code, logs = run_to_exit(image_names().ref("haproxy"))
+    assert code == 2
     assert "HAPROXY_DOM is required" in logs

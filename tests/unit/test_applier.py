@@ -142,7 +142,7 @@ def test_the_services_haproxy_rejects_are_found_by_bisection(
 
 
 def test_a_failed_reload_keeps_the_old_process_and_the_old_files(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     serve(stack, catalog(stack.instance("web-a")), "reload")
     before = stack.applier.paths.config.read_text()
@@ -157,6 +157,8 @@ def test_a_failed_reload_keeps_the_old_process_and_the_old_files(
         outcome = stack.applier.apply(services({"web": [stack.instance("web-a")], "db": [db]}))
     assert outcome == "rejected"
     assert stack.applier.counters.failed_reloads == 1
+    # HAProxy's own alert says why (its stderr is read by the supervisor).
+    assert any("cannot bind socket" in r.getMessage() for r in caplog.records)
     assert stack.applier.paths.config.read_text() == before
     assert answers(stack) == {"web-a"}
 

@@ -109,7 +109,8 @@ def test_haproxy_starts_before_consul_answers_and_says_why_it_fails(
     consul.fail = False
     eventually(lambda: harness.health() == (200, "ok"), what="health once Consul answers")
     eventually(lambda: harness.routes("web.example.com", "web-1"), what="routing")
-    assert harness.runner.state()["waiting"] is None
+    # Set once the apply returned (HAProxy may route a moment before).
+    eventually(lambda: harness.runner.state()["waiting"] is None, what="no longer waiting")
 
 
 def test_an_empty_catalog_is_a_complete_read(harness: Harness) -> None:
@@ -161,6 +162,8 @@ def test_haproxy_that_dies_is_restarted(harness: Harness) -> None:
     harness.register("web", "web-1")
     harness.start_in_background()
     eventually(lambda: harness.routes("web.example.com", "web-1"))
+    # The first apply replaced the start's process (-sf): read the pid once it is done.
+    eventually(lambda: harness.runner.state()["waiting"] is None, what="the first apply")
     pid = harness.runner.haproxy.pid
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
@@ -225,3 +228,31 @@ def test_state_json_and_figures_follow_the_loop(harness: Harness) -> None:
     assert figures.consul_connections <= harness.settings.common.max_conns
     names = {w.name for w in figures.watches}
     assert names == {"services", "checks", "service fetches"}
+
+
+def test_the_open_file_limit_is_logged_once_at_start(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    harness.register("web", "web-1")
+    with caplog.at_level("INFO"):
+        harness.start_in_background()
+        eventually(lambda: harness.runner.state()["waiting"] is None)
+    said = [r.getMessage() for r in caplog.records if "open-file limit" in r.getMessage()]
+    assert len(said) == 1, said
+
+
+def test_haproxys_notices_are_printed_once_and_sigterm_raises_no_alert(
+    tmp_path: Path, consul: FakeConsul, capfd: pytest.CaptureFixture[str]
+) -> None:
+    h = Harness(tmp_path, consul)
+    h.register("web", "web-1")
+    h.start_in_background()
+    eventually(lambda: h.routes("web.example.com", "web-1"))
+    h.register("api", "api-1")  # a new service: a reload, the old process stops
+    eventually(lambda: h.routes("api.example.com", "api-1"))
+    h.stop()  # SIGTERM's path: the health URI fails, then HAProxy soft-stops
+    out, err = capfd.readouterr()
+    # Each HAProxy notice once, through its log target on stdout; none on stderr.
+    assert out.count("Proxy http stopped") >= 1
+    assert "Proxy http stopped" not in err and "[WARNING]" not in err
+    assert "[ALERT]" not in out + err

@@ -20,6 +20,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from consul_lb.child import Process
 from consul_lb.haproxy import iptables
@@ -78,7 +79,10 @@ class Haproxy:
             self.on_exit(proc.pid, code)
 
     def _spawn(self, argv: Sequence[str]) -> Process:
-        return Process(argv, on_exit=self._exited)
+        # HAProxy prints each of its notices twice: on stderr and through its "log
+        # stdout" target (how the container shows its request logs). Its stderr is read
+        # here and only its alerts are shown, when it fails to start.
+        return Process(argv, on_exit=self._exited, keep_stderr=50)
 
     def start(self) -> None:
         """Start HAProxy on the installed files; ReloadError if it does not come up."""
@@ -97,7 +101,10 @@ class Haproxy:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not proc.running():
-                raise ReloadError(f"haproxy exited at start with code {proc.code}")
+                proc.exited.wait(1)  # let its last stderr lines arrive
+                alerts = [ln for ln in proc.stderr_tail if "ALERT" in ln]
+                said = " | ".join(alerts[-5:]) or "no alert"
+                raise ReloadError(f"haproxy exited at start with code {proc.code}: {said}")
             if self._serving(proc):
                 return
             time.sleep(0.01)
@@ -197,14 +204,9 @@ class SoftFinish(Haproxy):
 
     strategy = "naive"
 
-    def __init__(
-        self,
-        paths: Paths,
-        on_exit: Callable[[int, int], None] | None = None,
-        binary: str = "haproxy",
-    ) -> None:
-        super().__init__(paths, on_exit, binary)
-        self.old: list[Process] = []
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.old: list[Process] = []  # replaced processes finishing their connections
 
     def command(self) -> list[str]:
         return [self.binary, "-db", "-f", str(self.paths.config)]

@@ -125,6 +125,7 @@ class Applier:
     haproxy: Haproxy
     renderer: Renderer
     limits: Limits = field(default_factory=lambda: Limits(0, 0, 0, False))
+    said_limits: Limits | None = None  # the limits last logged
     current: HaproxyFiles | None = None  # what HAProxy runs
     applied: model.LoadBalancer | None = None
     counters: Counters = field(default_factory=Counters)
@@ -144,7 +145,7 @@ class Applier:
         started = time.monotonic()
         lb, problems = model.build(catalog, self.settings, Holders.of(self.applied), self.cache)
         lb = lb.without(self.taken_ports(lb))
-        limits = self.fit_limits(lb)
+        limits = self.fit_limits(lb, say=not waiting)
         files = self.renderer.render(lb, limits, waiting)
         self.counters.renders += 1
         self.counters.last_render_seconds = time.monotonic() - started
@@ -194,14 +195,18 @@ class Applier:
             and not port_free(b.frontend_port)
         }
 
-    def fit_limits(self, lb: model.LoadBalancer) -> Limits:
-        """Connection limits for this many servers; said once each time they change."""
+    def fit_limits(self, lb: model.LoadBalancer, say: bool = True) -> Limits:
+        """Connection limits for this many servers; logged each time they change (not
+        for the empty configuration HAProxy starts with before Consul is read: the first
+        line is the one that runs)."""
         servers = sum(len(b.servers) for b in lb.backends)
         limits = fit(self.settings.maxconn_global, self.settings.maxconn, servers=servers)
-        if limits != self.limits:
-            say = log.info if limits.checks else log.warning
-            say("%s", limits.describe(self.settings.maxconn_global))
-            self.limits = limits
+        if say and limits != self.said_limits:
+            (log.info if limits.checks else log.warning)(
+                "%s", limits.describe(self.settings.maxconn_global)
+            )
+            self.said_limits = limits
+        self.limits = limits
         self.api.checks = limits.checks
         return limits
 

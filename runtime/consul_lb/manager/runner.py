@@ -325,16 +325,12 @@ class Runner:
         backends = lb.backends if lb else ()
         certificates, certificates_skipped = self.tls.figures()
         acme_orders, acme_renewals = self.acme.figures()
+        counted = {
+            f.name: getattr(c, f.name) for f in dataclasses.fields(c) if f.name != "last_reload"
+        }
         return Figures(
             strategy=self.haproxy.strategy,
-            reloads=c.reloads,
-            failed_reloads=c.failed_reloads,
-            failed_validations=c.failed_validations,
-            renders=c.renders,
-            last_render_seconds=c.last_render_seconds,
-            runtime_api_changes=c.runtime_api_changes,
-            reload_changes=c.reload_changes,
-            runtime_api_fallbacks=c.runtime_api_fallbacks,
+            **counted,
             haproxy_restarts=self.haproxy.restarts,
             consul_requests=self.client.stats.requests,
             consul_errors=self.client.stats.errors,

@@ -126,7 +126,7 @@ def servers_of(
     servers: list[Server] = []
     problems: list[str] = []
     used: set[str] = set()
-    ordered = sorted(instances, key=lambda io: io[0])
+    ordered = list(instances)  # in the service's order: sorted by the catalog
     weights = haproxy_weights(consul_weight(i) for i, _ in ordered)
     for inst, options in ordered:
         if not valid_address(inst.address):
@@ -187,11 +187,16 @@ def candidate(service: Service, settings: Settings) -> Candidate | None:
     leader, options = max(
         published or parsed, key=lambda io: (io[0].create_index, io[0].service_id)
     )
-    disagree = [
-        tag
-        for attr, tag in BACKEND_OPTIONS.items()
-        if len({getattr(o, attr) for _, o in published}) > 1
-    ]
+    distinct = {id(o): o for _, o in published}  # equal tag sets: one parsed object
+    disagree = (
+        [
+            tag
+            for attr, tag in BACKEND_OPTIONS.items()
+            if len({getattr(o, attr) for o in distinct.values()}) > 1
+        ]
+        if len(distinct) > 1
+        else []
+    )
     if disagree:
         problems.append(
             f"passing instances disagree on {', '.join(disagree)}: using the most recently "
