@@ -179,6 +179,7 @@ def test(
             steps = progress.Progress.from_env(verbose)
             client, ref, _ = _base(steps)
             images.build_all(client, images.ImageNames(namespace, tag), ref, _version(), steps)
+            images.ensure_pebble_image(client, ref, steps)  # the ACME server of test_acme.py
         env = {"CONSUL_LB_IMAGE_NAMESPACE": namespace, "CONSUL_LB_IMAGE_TAG": tag}
         c.run(f"{sys.executable} -m pytest tests/integration -q -rs{select}", env=env, pty=False)
 

@@ -30,6 +30,8 @@ OFFICIAL_BASE = "debian:trixie-slim"
 LOCAL_BASE = "consul-lb-local/debian:trixie-mmdebstrap"
 DEFAULT_CONSUL_IMAGE = "hashicorp/consul:1.20"
 LOCAL_CONSUL = "consul-lb-local/consul:1.8.7-debian"
+# Pebble (ACME test server) for the ACME integration tests: Debian trixie's package.
+LOCAL_PEBBLE = "consul-lb-local/pebble:trixie-debian"
 SOURCE_URL = "https://github.com/consul-lb/consul-lb"
 # The legacy builder's line for each Dockerfile instruction: "Step 3/9 : RUN ...".
 BUILD_STEP = re.compile(r"^Step (\d+)/(\d+) :")
@@ -162,6 +164,17 @@ def build_consul_image(c: docker.DockerClient, ref: str, base: str, step: Step) 
     """Consul from Debian bullseye's package (Consul 1.8.7), FROM ``base``."""
     args = {"BASE_IMAGE": base, **apt_mirrors(step).build_args()}
     return build(c, ROOT / "images" / "consul", ref, args, {}, step)
+
+
+def ensure_pebble_image(c: docker.DockerClient, base: str, steps: Progress | None = None) -> str:
+    """Pebble from Debian trixie's package, FROM ``base``; built once, then reused."""
+    with (steps or Progress.from_env()).step("Pebble image (ACME test server)") as step:
+        if image_exists(c, LOCAL_PEBBLE):
+            step.done = f"{LOCAL_PEBBLE} (built earlier from Debian's pebble package)"
+            return LOCAL_PEBBLE
+        args = {"BASE_IMAGE": base, **apt_mirrors(step).build_args()}
+        build(c, ROOT / "images" / "pebble", LOCAL_PEBBLE, args, {}, step)
+        return LOCAL_PEBBLE
 
 
 def present_consul_image(c: docker.DockerClient) -> str:

@@ -11,10 +11,8 @@ import socket
 import ssl
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,8 @@ import pytest
 import requests
 
 from devtools.certs import Ca, Leaf
-from tests.integration.conftest import Stack, wait_until
+from tests.integration.conftest import HttpsLoad as Load
+from tests.integration.conftest import Stack, haproxy_worker_pid, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -118,16 +117,8 @@ class Tls:
         return result
 
     def worker(self) -> str:
-        """The HAProxy worker's pid (``show info`` on the admin socket): a reload changes it."""
-        script = (
-            "import socket; s = socket.socket(socket.AF_UNIX); "
-            "s.connect('/var/lib/consul-lb/admin.sock'); s.sendall(b'show info\\n'); "
-            "print(s.makefile().read())"
-        )
-        out = self.stack.container("haproxy").exec_run(["python3", "-c", script]).output.decode()
-        return str(
-            next(ln.split(":")[1].strip() for ln in out.splitlines() if ln.startswith("Pid:"))
-        )
+        """The HAProxy worker's pid: a reload changes it."""
+        return haproxy_worker_pid(self.stack.container("haproxy"))
 
     def state(self) -> dict[str, Any]:
         state: dict[str, Any] = self.stack.state().get("tls") or {}
@@ -210,52 +201,6 @@ def test_redirect_and_hsts_per_service_and_untagged_services_unchanged(
     plain = tls.answer("plain.test.local", "/", https=False)
     assert json.loads(plain["body"])["backend"] == "web-2"
     assert "strict-transport-security" not in tls.answer("plain.test.local")["headers"]
-
-
-@dataclass
-class Load:
-    """HTTPS requests, each on a new connection (a new handshake), from 2 threads, until
-    stopped (at most 120 s): what failed and which certificate each handshake got."""
-
-    tls: Tls
-    host: str
-    failures: list[str] = field(default_factory=list)
-    seen: list[tuple[float, str]] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        context = ssl.create_default_context(cafile=str(self.tls.ca_file))
-        deadline = time.monotonic() + 120
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            try:
-                with (
-                    socket.create_connection(("127.0.0.1", self.tls.port), timeout=10) as raw,
-                    context.wrap_socket(raw, server_hostname=self.host) as conn,
-                ):
-                    der = conn.getpeercert(binary_form=True) or b""
-                    conn.sendall(
-                        f"GET / HTTP/1.1\r\nHost: {self.host}\r\nConnection: close\r\n\r\n".encode()
-                    )
-                    reply = conn.makefile("rb").read()
-                if not reply.startswith(b"HTTP/1.1 200"):
-                    self.failures.append(reply[:80].decode(errors="replace"))
-                self.seen.append((time.monotonic(), hashlib.sha256(der).hexdigest()))
-            except (OSError, ssl.SSLError) as exc:
-                self.failures.append(repr(exc))
-
-    def saw(self, fingerprint: str) -> bool:
-        return any(f == fingerprint for _, f in self.seen)
-
-    def __enter__(self) -> Load:
-        self.threads = [threading.Thread(target=self.run) for _ in range(2)]
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(30)
 
 
 def test_rotation_addition_and_removal_under_load_without_a_reload(tls: Tls, stack: Stack) -> None:

@@ -167,6 +167,17 @@ class Acme:
                 )
         self.wake.set()
 
+    def certificates_changed(self) -> None:
+        """A certificate source changed (the loop's CERTS event): certificates another
+        load balancer was ordering are looked at again now, not after ``lock_retry``."""
+        if not self.enabled:
+            return
+        with self.lock:
+            for cert in self.certs.values():
+                if cert.holder is not None:
+                    cert.next_look = 0.0
+        self.wake.set()
+
     def answer(self, token: str) -> str | None:
         """An HTTP-01 key authorization (the runtime's HTTP server asks)."""
         return self.challenges.answer(token) if self.enabled else None

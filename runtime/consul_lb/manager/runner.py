@@ -198,6 +198,7 @@ class Runner:
         elif kind == CERTS:
             # A burst (a bundle and its key written one after the other) is one change.
             self.loop.after("apply-certs", self.settings.render_wait_min)
+            self.acme.certificates_changed()
         elif kind == "apply-certs":
             self.apply_certs()
         elif kind == "resync":
