@@ -258,3 +258,21 @@ def test_state_shows_no_key_material(consul: FakeConsulKV) -> None:
 def test_a_status_written_by_something_else_is_ignored() -> None:
     assert Status.decode(b"{not json") is None
     assert Status.decode(b'{"result": "issued"}') is None
+
+
+def test_a_certificate_change_looks_again_at_once_at_one_another_was_ordering(
+    consul: FakeConsulKV,
+) -> None:
+    issuer = Issuer(gate=threading.Event())
+    a, b = worker(consul, "lb-a", issuer), worker(consul, "lb-b", issuer)
+    ordering = threading.Thread(target=a.look, args=(WANT,))
+    ordering.start()
+    assert issuer.started.wait(10)
+    b.certs[NAME].next_look = b.look(WANT)  # lb-a holds the lock: lb-b looks again later
+    assert b.certs[NAME].next_look > time.time()
+    issuer.gate.set()  # type: ignore[union-attr]
+    ordering.join(10)
+    b.certificates_changed()  # the TLS KV watch saw lb-a's certificate
+    assert b.certs[NAME].next_look == 0.0 and b.wake.is_set()
+    assert b.look(WANT) > time.time() + 3000  # and it is valid: nothing to order
+    assert issuer.orders == [("www.example.com",)]

@@ -123,3 +123,27 @@ def backoff(failures: int, low: float, high: float) -> float:
     doubling from ``low`` up to ``high``, with jitter so that a fleet spreads out."""
     delay = min(high, low * 2.0 ** max(0, failures - 1))
     return delay * random.uniform(0.9, 1.0)
+
+
+def after_failure(
+    want: Wanted,
+    previous: Status | None,
+    error: str,
+    kind: str,
+    retry_after: float | None,
+    acme: AcmeSettings,
+    node: str,
+    now: float,
+) -> Status:
+    """The status a failed order leaves for the fleet: failures in a row for the same
+    hosts counted up, the next attempt after the backoff, or after the server's
+    Retry-After when it is longer (a rate limit without one waits the longest backoff)."""
+    again = previous is not None and previous.result == "failed" and previous.hosts == want.hosts
+    failures = (previous.failures if again and previous else 0) + 1
+    delay = backoff(failures, *acme.retry)
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    elif kind == "rate_limited":
+        delay = max(delay, acme.retry[1])
+    directory = acme.directory or ""
+    return Status("failed", now, want.hosts, directory, node, error, failures, now + delay)

@@ -28,16 +28,15 @@ import logging
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from consul_lb.acme.challenges import Challenges
+from consul_lb.acme.known import Cert
 from consul_lb.acme.order import AcmeIssuer, OrderError
 from consul_lb.acme.plan import (
     Decision,
-    Stored,
     Wanted,
-    backoff,
+    after_failure,
     decide,
     renewal_time,
     stored,
@@ -60,44 +59,6 @@ RECHECK = 3600.0  # a valid certificate is looked at again at least this often
 
 class Issuer(Protocol):
     def issue(self, hosts: tuple[str, ...]) -> bytes: ...
-
-
-@dataclass
-class Cert:
-    """What this load balancer knows of one wanted certificate."""
-
-    want: Wanted
-    next_look: float = 0.0
-    stored: Stored | None = None
-    status: Status | None = None  # the fleet's last order
-    decision: Decision | None = None
-    holder: str | None = None  # another load balancer's, when it held the lock
-
-    def public(self, renew_before: float) -> dict[str, Any]:
-        s, st = self.stored, self.status
-        return {
-            "name": self.want.name,
-            "service": self.want.service,
-            "hosts": list(self.want.hosts),
-            "skipped_hosts": list(self.want.skipped),
-            "not_after": s.not_after if s else None,
-            "sha256": s.fingerprint if s else None,
-            "next_renewal": renewal_time(s, renew_before) if s else None,
-            "due": self.decision.due if self.decision else None,
-            "why": self.decision.why if self.decision else "not looked at yet",
-            "next_look": self.next_look or None,
-            "lock_holder": self.holder,
-            "last_order": None
-            if st is None
-            else {
-                "result": st.result,
-                "time": st.time,
-                "by": st.by,
-                "error": st.error,
-                "failures": st.failures,
-                "next_attempt": st.next_attempt,
-            },
-        }
 
 
 class Acme:
@@ -277,33 +238,19 @@ class Acme:
         return min(at, now + RECHECK)
 
     def _failed(self, w: Wanted, previous: Status | None, exc: OrderError) -> float:
-        now = time.time()
-        again = previous is not None and previous.result == "failed" and previous.hosts == w.hosts
-        failures = (previous.failures if again and previous else 0) + 1
-        delay = backoff(failures, *self.acme.retry)
-        if exc.retry_after is not None:
-            delay = max(delay, exc.retry_after)  # the server's Retry-After wins
-        elif exc.kind == "rate_limited":
-            delay = max(delay, self.acme.retry[1])
-        status = Status(
-            "failed",
-            now,
-            w.hosts,
-            self.acme.directory or "",
-            self.node,
-            str(exc),
-            failures,
-            now + delay,
+        status = after_failure(
+            w, previous, str(exc), exc.kind, exc.retry_after, self.acme, self.node, time.time()
         )
+        assert status.next_attempt is not None
         with self.lock:
             self.orders["failed"] += 1
-        self._record(w, status=status, decision=Decision(False, now + delay, str(exc)))
+        self._record(w, status=status, decision=Decision(False, status.next_attempt, str(exc)))
         try:
             self.store.write_status(w.name, status)  # the whole fleet backs off
         except ConsulError as err:
             log.warning("certificate %r: the order's status not stored: %s", w.name, err)
         self._problem(w, f"order failed ({exc.kind}): {exc}")
-        return now + delay
+        return status.next_attempt
 
     # -- what operators see -----------------------------------------------------------
     def _record(self, w: Wanted, **values: Any) -> None:
