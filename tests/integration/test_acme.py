@@ -56,6 +56,7 @@ ON = "HAPROXY.ENABLE=true"
 ACME = "HAPROXY.FRONTEND.ACME=true"
 HOSTS = [f"{name}.{DOMAIN}" for name in ("www", "api", "down", "refused")]
 LBS = ("lb-a", "lb-b")
+LABEL = "consul-lb-test"  # = the network's name, on each container of the stack
 
 
 @dataclass
@@ -176,6 +177,7 @@ def run_load_balancer(client: Any, network: str, name: str, pebble_dir: Path, ca
         networking_config={network: aliases},
         ports={f"{p}/tcp": ("127.0.0.1", None) for p in (8080, 8443, 4444)},
         detach=True,
+        labels={LABEL: network},
     )
 
 
@@ -198,7 +200,7 @@ def fleet() -> Iterator[Fleet]:
         conf = json.loads((pebble_dir / "config.json").read_text())
         conf["pebble"]["domainBlocklist"] = ["blocked.test"]
         (pebble_dir / "config.json").write_text(json.dumps(conf))
-        common = {"network": network.name, "detach": True}
+        common = {"network": network.name, "detach": True, "labels": {LABEL: network.name}}
         consul = client.containers.run(
             consul_image,
             command=images.consul_dev_command(),
@@ -244,7 +246,9 @@ def fleet() -> Iterator[Fleet]:
             wait_until(partial(ready, lb), timeout=60, what=lb.name)
         yield fleet
     finally:
-        for container in reversed(created):
+        # Every container of this stack, also one whose start failed (not in ``created``).
+        labelled = client.containers.list(all=True, filters={"label": f"{LABEL}={network.name}"})
+        for container in [*reversed(created), *labelled]:
             with contextlib.suppress(docker.errors.APIError):
                 container.remove(force=True)
         network.remove()
