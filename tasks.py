@@ -218,12 +218,12 @@ def demo(
     demo_stack.print_guide()
 
 
-@task(help={"all": "also remove the base and Consul images"})
+@task(help={"all": "also remove the base, Consul and Pebble images"})
 def clean(c: Context, all: bool = False) -> None:
     """Remove build/ (the wheelhouse and the logs), and with --all the local base images."""
     c.run(f"rm -rf {ROOT / 'build'}")
     if all:
-        for ref in (images.LOCAL_BASE, images.LOCAL_CONSUL):
+        for ref in (images.LOCAL_BASE, images.LOCAL_CONSUL, images.LOCAL_PEBBLE):
             c.run(f"docker image rm -f {ref}", warn=True)
 
 
