@@ -7,6 +7,7 @@ logged once; the lock holder killed mid-order, the other one finishing.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import itertools
 import json
@@ -66,8 +67,16 @@ def test_one_order_and_both_load_balancers_serve_it(fleet: Fleet) -> None:
 def test_a_renewal_replaces_it_on_both_without_reload_and_without_a_failed_request(
     fleet: Fleet,
 ) -> None:
-    first = wait_until(lambda: everywhere(fleet, "www.acme.test"), timeout=60)
-    (cert,) = fleet.lbs["lb-a"].state()["acme"]["certificates"]
+    def settled() -> tuple[str, dict[str, Any]] | None:
+        """The certificate both serve, when its renewal is 10 s away or more (so that the
+        load below starts on it)."""
+        found = everywhere(fleet, "www.acme.test")
+        (cert,) = fleet.lbs["lb-a"].state()["acme"]["certificates"]
+        if found is None or cert["sha256"] != found or cert["next_renewal"] < time.time() + 10:
+            return None
+        return found, cert
+
+    first, cert = wait_until(settled, timeout=VALIDITY, what="a certificate not due yet")
     # Pebble's certificates live VALIDITY seconds: renewed halfway, by whichever one.
     assert cert["next_renewal"] == pytest.approx(cert["not_after"] - VALIDITY / 2, abs=2)
     workers = {name: haproxy_worker_pid(lb.container) for name, lb in fleet.lbs.items()}
@@ -89,10 +98,12 @@ def test_a_renewal_replaces_it_on_both_without_reload_and_without_a_failed_reque
         f"renewal: served by both {both - cert['next_renewal']:.1f}s after the renewal time, "
         f"{cert['not_after'] - both:.1f}s before expiry; "
         f"{handshakes} https requests (new connection each) on lb-a, lb-b; "
-        f"failed {[len(load.failures) for load in loads]}; worker pids {workers}; "
+        f"failed {[len(load.failures) for load in loads]}; worker pids {workers} before, "
+        f"{ {name: haproxy_worker_pid(lb.container) for name, lb in fleet.lbs.items()} } after; "
         f"Pebble orders {fleet.pebble_orders()}"
     )
     assert all(n > 0 for n in handshakes)
+    assert all(load.saw(first) and load.saw(second) for load in loads)  # the load spanned it
     assert [load.failures for load in loads] == [[], []]
     assert {name: haproxy_worker_pid(lb.container) for name, lb in fleet.lbs.items()} == workers
     assert {name: lb.state()["reloads"] for name, lb in fleet.lbs.items()} == reloads
@@ -172,14 +183,15 @@ def test_killing_the_lock_holder_mid_order_still_ends_with_a_certificate(fleet: 
     lock = "consul-lb/acme/locks/api.acme.test.acme"
 
     def mid_order() -> str | None:
-        """The holder of api's lock while one of its challenges is published (and no
-        other certificate's order runs, so that the challenge is api's)."""
-        holder, session = fleet.kv(lock)
-        if not session:
+        """The holder of api's lock while a challenge is published and no other order
+        that publishes challenges runs (refused's stops at Pebble's refusal), so that
+        the challenge is api's."""
+        locks = requests.get(f"{fleet.consul_url}/v1/kv/consul-lb/acme/locks/?recurse", timeout=5)
+        held = {e["Key"]: e for e in locks.json() if e.get("Session")} if locks.ok else {}
+        if lock not in held or set(held) - {lock, "consul-lb/acme/locks/refused.acme.test.acme"}:
             return None
-        _, www = fleet.kv("consul-lb/acme/locks/www.acme.test.acme")
         r = requests.get(f"{fleet.consul_url}/v1/kv/consul-lb/acme/challenges/?keys", timeout=5)
-        return (holder or b"").decode() if r.ok and r.json() and not www else None
+        return base64.b64decode(held[lock]["Value"]).decode() if r.ok and r.json() else None
 
     holder = wait_until(mid_order, timeout=30, interval=0.02, what="api's order under way")
     fleet.lbs[holder].container.kill()
