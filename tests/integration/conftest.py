@@ -166,6 +166,20 @@ class Stack:
             return {}
         return state
 
+    def settled(self, *services: str, service: str = "haproxy") -> dict[str, Any]:
+        """The state once the load balancer publishes ``services`` (and maybe more): a change is
+        counted (reloads, runtime-API changes) when its apply ends, which with a seamless
+        reload is after the new worker already answers; a count read as soon as traffic
+        flows may still miss the change that made it flow."""
+        found: dict[str, Any] = {}
+
+        def published() -> bool:
+            found.update(self.state(service))
+            return set(services) <= set(found.get("services", []))
+
+        wait_until(published, what=f"{service} publishing {sorted(services)}")
+        return found
+
     def config_of(self, backend: str) -> str:
         """The ``backend <name>`` section HAProxy runs (from /_haproxy_getconfig)."""
         text = requests.get(f"{self.stats}/_haproxy_getconfig", timeout=5).text

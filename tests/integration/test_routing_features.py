@@ -76,7 +76,7 @@ def test_aliases_and_paths_route_and_aliases_change_without_reload(stack: Stack)
     assert answer("shop.example.org", "/cart/items") == ("web-2", "/cart/items")  # no strip
     assert answer("shop.example.org", "/cart/pay/now?x=1") == ("web-3", "/now?x=1")  # stripped
     assert answer("shop.example.org", "/cartoon") == ("web-1", "/cartoon")  # not under /cart
-    reloads = stack.state()["reloads"]
+    reloads = stack.settled("site", "cart", "pay")["reloads"]
     # An alias more, and the wildcard gone: maps changed through the runtime API.
     stack.register(
         "site-1",
@@ -98,7 +98,7 @@ def test_consul_weights_split_traffic_and_change_without_reload(stack: Stack) ->
     counts = Counter(stack.backend_of(host) for _ in range(1100))
     # 10:1 within 10 %.
     assert 9.0 <= counts["web-1"] / counts["web-2"] <= 11.0, counts
-    reloads = stack.state()["reloads"]
+    reloads = stack.settled("weighted")["reloads"]
     stack.register("weighted-1", "weighted", "web-1", [ENABLE])  # back to 1:1
     wait_until(
         lambda: abs(Counter(stack.backend_of(host) for _ in range(40))["web-1"] - 20) <= 2,
@@ -138,7 +138,7 @@ def test_a_sticky_client_stays_across_a_reload_and_a_second_load_balancer(stack:
         session.get(stack.http, headers={"Host": host}, timeout=5).json()["backend"]
         for _ in range(50)
     } == {pinned}
-    reloads = stack.state()["reloads"]
+    reloads = stack.settled("sticky")["reloads"]
     stack.register("reloader-1", "reloader", "web-1", [ENABLE])  # a new service: a reload
     wait_until(lambda: stack.state()["reloads"] > reloads, what="a reload")
     assert {
