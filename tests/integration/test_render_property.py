@@ -5,7 +5,7 @@ Tags are read per instance (README, "Service tags"), so each generated instance 
 its own: instances of one service that disagree on protocol, balance or frontend port
 (a rolling deploy), instances without ``HAPROXY.ENABLE=true``, each instance with its own
 ``HAPROXY.BACKEND.MAXCONN`` or none, the TLS tags (``HAPROXY.FRONTEND.REDIRECT_HTTPS``,
-``HAPROXY.FRONTEND.HSTS``, ``HAPROXY.BACKEND.TLS``), the routing tags
+``HAPROXY.FRONTEND.HSTS``, ``HAPROXY.BACKEND.TLS``, ``HAPROXY.FRONTEND.ACME``), the routing tags
 (``HAPROXY.FRONTEND.HOSTS`` with wildcards and aliases other services want too,
 ``HAPROXY.FRONTEND.PATH``, ``HAPROXY.BACKEND.STRIP_PATH``, ``HAPROXY.BACKEND.STICKY``,
 ``HAPROXY.BACKEND.HEALTHCHECK.PATH``, ``HAPROXY.FRONTEND.ALLOW``, ``HAPROXY.GROUP``),
@@ -332,6 +332,7 @@ GOOD_VALUES: dict[str, st.SearchStrategy[str]] = {
         st.sampled_from([0, 1, 31536000, 63072000, 315360000]), st.integers(0, 315360000)
     ).map(str),
     "BACKEND.TLS": st.sampled_from(["true", "true", "false", "TRUE"]),
+    "FRONTEND.ACME": st.sampled_from(["true", "true", "false", "True"]),
 }
 HOSTILE_INJECTIONS = {
     "FRONTEND.PATH": PATH_INJECTIONS,
@@ -422,6 +423,7 @@ INVALID_VALUES: dict[str, tuple[str, ...]] = {
     "FRONTEND.REDIRECT_HTTPS": ("", "yes", "1", "https", "true "),
     "FRONTEND.HSTS": ("", "-1", "315360001", "1y", "31536000; preload", "1e6", "0x10"),
     "BACKEND.TLS": ("", "ssl", "on", "verify", " true"),
+    "FRONTEND.ACME": ("", "yes", "1", "letsencrypt", "true "),
 }
 # Values the README leaves open (see Interpretation): upper-case hosts, spaces around and
 # empty items in lists, one-label hosts, single addresses and networks with host bits, a
@@ -544,6 +546,7 @@ def instance_tags(draw: st.DrawFn, clean: bool = False) -> list[str]:
         "FRONTEND.REDIRECT_HTTPS",
         "FRONTEND.HSTS",
         "BACKEND.TLS",
+        "FRONTEND.ACME",
         "FRONTEND.ALLOW",
         "GROUP",
         "BACKEND.STICKY",
@@ -988,6 +991,7 @@ PARSERS: dict[str, Callable[[str, Interpretation], Meaning | None]] = {
         int(v) if re.fullmatch(r"[0-9]{1,9}", v) and int(v) <= 315360000 else None
     ),
     "BACKEND.TLS": parse_bool,
+    "FRONTEND.ACME": parse_bool,
 }
 LIST_KEYS = ("FRONTEND.HOSTS", "FRONTEND.ALLOW")
 
@@ -1001,6 +1005,7 @@ class Shape(NamedTuple):
     redirect: bool = False  # redirect to https
     hsts: int | None = None  # HSTS max-age
     tls: bool = False  # TLS to the instances
+    acme: bool = False  # a certificate from HAPROXY_ACME_DIRECTORY for its hosts
     hosts: frozenset[str] = frozenset()  # asked: the aliases; entitled: every host kept
     path: str | None = None
     strip: bool = False
@@ -1062,8 +1067,9 @@ def read_tags(tags: tuple[str, ...], interp: Interpretation) -> Reading | None:
     ):
         malformed = True
     redirect = options.get("FRONTEND.REDIRECT_HTTPS", False) is True
-    # README: redirect and HSTS are for http services.
-    if protocol == "tcp" and (redirect or "FRONTEND.HSTS" in options):
+    acme = options.get("FRONTEND.ACME", False) is True
+    # README: redirect, HSTS and ACME (HTTP-01, on the http frontend) are for http services.
+    if protocol == "tcp" and (redirect or "FRONTEND.HSTS" in options or acme):
         malformed = True
     if protocol == "tcp" and any(k in options for k in HTTP_TAGS):
         effective = any(options.get(k, False) is not False for k in HTTP_TAGS)
@@ -1091,6 +1097,7 @@ def read_tags(tags: tuple[str, ...], interp: Interpretation) -> Reading | None:
             redirect=redirect,
             hsts=cast(int | None, options.get("FRONTEND.HSTS")),
             tls=options.get("BACKEND.TLS", False) is True,
+            acme=acme,
             hosts=cast(frozenset[str], options.get("FRONTEND.HOSTS", frozenset())),
             path=cast(str | None, options.get("FRONTEND.PATH")),
             strip=strip,
@@ -1262,6 +1269,7 @@ def backend_shape(b: model.Backend) -> Shape:
         redirect=b.redirect_https,
         hsts=b.hsts,
         tls=b.tls,
+        acme=b.acme,
         hosts=frozenset(b.hosts) if http else frozenset(),
         path=b.path if http else None,
         strip=b.strip_path,
