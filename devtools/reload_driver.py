@@ -17,7 +17,7 @@ from consul_lb import model
 from consul_lb.haproxy.files import Paths, install
 from consul_lb.haproxy.limits import fit
 from consul_lb.haproxy.process import make
-from consul_lb.manager.applier import frontend_ports
+from consul_lb.manager.ports import frontend_ports
 from consul_lb.render import Renderer
 from consul_lb.settings import from_env
 

@@ -13,7 +13,8 @@ from consul_lb.consul.catalog import Catalog
 from consul_lb.haproxy import files as haproxy_files
 from consul_lb.haproxy.limits import Limits
 from consul_lb.manager import applier as applier_module
-from consul_lb.manager.applier import port_free
+from consul_lb.manager import ports
+from consul_lb.manager.ports import port_free
 
 from tests.unit.local_haproxy import Stack, catalog, make_stack, services, stop
 
@@ -151,7 +152,7 @@ def test_a_failed_reload_keeps_the_old_process_and_the_old_files(
         taken.bind(("0.0.0.0", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        monkeypatch.setattr(applier_module, "port_free", lambda port: True)
+        monkeypatch.setattr(ports, "port_free", lambda port: True)
         tcp = ("HAPROXY.ENABLE=true", "HAPROXY.PROTOCOL=tcp", f"HAPROXY.FRONTEND.PORT={port}")
         db = stack.instance("db-1", tags=tcp)
         outcome = stack.applier.apply(services({"web": [stack.instance("web-a")], "db": [db]}))

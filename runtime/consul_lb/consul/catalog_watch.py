@@ -1,16 +1,7 @@
 """Follow Consul's catalog with a bounded number of connections, whatever its size.
 
-Two blocking queries say *that* something changed, and where:
-
-- ``/v1/catalog/services`` wakes on every change of Consul's services table (an instance
-  registered, deregistered, re-registered) and on nothing else. Its tags name services
-  that appear, go, or change tags; for the rest, one read of ``/v1/internal/ui/services``
-  (what Consul's own UI lists: per service its instance count, nodes and check counts)
-  compared with the previous one names the services whose instances changed;
-- ``/v1/health/state/any?filter=Status != "passing"`` wakes on every check change and
-  lists the checks that do not pass; compared with the previous list it names the
-  services (or, for node checks, the nodes) whose health changed, even when two
-  opposite flips leave a service's check counts as they were.
+Two blocking queries say *that* something changed, and where (catalog_changes.py): the
+services list with the UI's per-service summaries, and the checks that do not pass.
 
 Then ``/v1/health/service/<name>`` is read for those services only, on a small pool of
 fetch threads sharing the client's bounded connection pool: one changed instance costs a
@@ -26,75 +17,30 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import threading
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
 from urllib.parse import quote
 
 from consul_lb.consul import sweep
 from consul_lb.consul.catalog import Catalog, Instance, Service
+from consul_lb.consul.catalog_changes import (
+    CATALOG_SERVICES,
+    CHECKS,
+    NOT_PASSING,
+    UI_SERVICES,
+    WATCHABLE_NAME,
+    FailingChecks,
+    Summary,
+    failing_checks,
+    services_affected,
+    summaries,
+)
 from consul_lb.consul.client import ConsulClient, ConsulHTTPError, Response
+from consul_lb.consul.fetch_queue import EVERYTHING, FetchQueue
 from consul_lb.consul.watch import BlockingQuery, Outage, WatchStatus, WatchTiming, explain
 
 log = logging.getLogger("watch")
-
-UI_SERVICES = "/v1/internal/ui/services"
-CATALOG_SERVICES = "/v1/catalog/services"
-CHECKS = "/v1/health/state/any"
-NOT_PASSING = 'Status != "passing"'
-# Names Consul accepts but that would need escaping in a URL path are never watched:
-# the model skips them anyway (they are not valid host names).
-WATCHABLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}\Z")
-EVERYTHING = 1 << 62  # the index of a sweep: later than any change
-
-
-@dataclass(frozen=True, slots=True)
-class Summary:
-    """What the services query says of one service; equal summaries, same service
-    (except for what no summary shows: ports, addresses, weights)."""
-
-    tags: tuple[str, ...]
-    instances: int = -1  # -1: not known (the /v1/catalog/services fallback)
-    nodes: tuple[str, ...] = ()
-    checks: tuple[int, int, int] = (0, 0, 0)  # passing, warning, critical
-
-
-def summaries(data: Any, ui: bool) -> dict[str, Summary]:
-    """Summaries from ``/v1/internal/ui/services`` (a list) or ``/v1/catalog/services``
-    (name -> tags)."""
-    if not ui:
-        return {
-            str(n): Summary(tuple(sorted({str(t) for t in tags or ()}))) for n, tags in data.items()
-        }
-    found: dict[str, Summary] = {}
-    for entry in data or ():
-        found[str(entry.get("Name", ""))] = Summary(
-            tuple(sorted({str(t) for t in entry.get("Tags") or ()})),
-            int(entry.get("InstanceCount") or 0),
-            tuple(sorted(str(n) for n in entry.get("Nodes") or ())),
-            (
-                int(entry.get("ChecksPassing") or 0),
-                int(entry.get("ChecksWarning") or 0),
-                int(entry.get("ChecksCritical") or 0),
-            ),
-        )
-    return found
-
-
-def failing_checks(data: Any) -> dict[tuple[str, str], tuple[str, str]]:
-    """(node, check ID) -> (service name, status) for each check that does not pass; a
-    node check has no service name."""
-    return {
-        (str(c.get("Node", "")), str(c.get("CheckID", ""))): (
-            str(c.get("ServiceName") or ""),
-            str(c.get("Status", "")),
-        )
-        for c in data or ()
-    }
 
 
 class CatalogWatcher:
@@ -117,14 +63,9 @@ class CatalogWatcher:
         self.lock = threading.Lock()
         self.summaries: dict[str, Summary] | None = None  # None until the first read
         self.services: dict[str, Service] = {}
-        self.failing: dict[tuple[str, str], tuple[str, str]] = {}
+        self.failing: FailingChecks = {}
         self.checks_index = 0
         self.services_index = 0
-        # Reads of one service queued or running, each with the index of the change that
-        # asked for it: the services and checks queries both report one health flip,
-        # and one read covers both.
-        self.pending: dict[str, int] = {}  # queued, not started
-        self.running: dict[str, int] = {}
         self.failed: set[str] = set()  # last fetch failed: retried
         self.attempted: set[str] = set()  # fetched (or failed) at least once
         self.ui = True
@@ -138,7 +79,9 @@ class CatalogWatcher:
         self.fetches = 0
         self.fetch_status = WatchStatus("service fetches")
         self.stopped = threading.Event()
-        self.pool = ThreadPoolExecutor(max_workers=max(1, fetchers), thread_name_prefix="fetch")
+        self.fetch_queue = FetchQueue(
+            self.lock, lambda name: (self.summaries or {}).get(name), self._read_service, fetchers
+        )
         self.services_query = BlockingQuery(
             "services", self._get_services, self._on_services, self.timing, self.outage
         )
@@ -156,7 +99,7 @@ class CatalogWatcher:
         self.stopped.set()
         self.services_query.stop()
         self.checks_query.stop()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.fetch_queue.shutdown()
 
     def statuses(self) -> list[WatchStatus]:
         return [self.services_query.status, self.checks_query.status, self.fetch_status]
@@ -200,7 +143,7 @@ class CatalogWatcher:
             except Exception as exc:  # read them one by one instead (and retry those)
                 self.fetch_status.failed(f"sweep: {explain(exc, self.client.max_conns)}")
                 self.outage.failed(exc)
-                self._schedule(names, EVERYTHING)
+                self.fetch_queue.schedule(names, EVERYTHING)
             with self.lock:
                 if not self.sweep_again or self.stopped.is_set():
                     self.sweeping = False
@@ -209,9 +152,9 @@ class CatalogWatcher:
     def _sweep_once(self, names: set[str], started: int) -> None:
         nodes, count = sweep.node_count(self.client)
         if count >= len(names):
-            self._schedule(names, EVERYTHING)  # fewer requests service by service
+            self.fetch_queue.schedule(names, EVERYTHING)  # fewer requests service by service
             return
-        found = sweep.read_by_node(self.client, nodes, names, self.pool)
+        found = sweep.read_by_node(self.client, nodes, names, self.fetch_queue.pool)
         self.fetch_status.succeeded()
         self.outage.recovered()
         with self.lock:
@@ -279,7 +222,7 @@ class CatalogWatcher:
         if first and changed:
             self.resync()
         elif changed:
-            self._schedule(changed, response.index)
+            self.fetch_queue.schedule(changed, response.index)
         elif not first and not gone:
             log.debug("services index %d: no summary names the change; sweeping", response.index)
             self.resync()
@@ -293,48 +236,11 @@ class CatalogWatcher:
         with self.lock:
             old, self.failing = self.failing, found
             self.checks_index = response.index
-            keys = {k for k in found.keys() | old.keys() if found.get(k) != old.get(k)}
-            affected: set[str] = set()
-            for node, check_id in keys:
-                service, _ = found.get((node, check_id)) or old[(node, check_id)]
-                if service:
-                    affected.add(service)
-                else:  # a node check: every service with an instance on that node
-                    affected |= {
-                        s.name
-                        for s in self.services.values()
-                        if any(i.node == node for i in s.instances)
-                    }
+            affected = services_affected(old, found, self.services.values())
             affected &= set(self.summaries or ())
-        self._schedule(affected, response.index)
+        self.fetch_queue.schedule(affected, response.index)
 
-    # -- fetching one service -------------------------------------------------------
-    def _schedule(self, names: Iterable[str], index: int) -> None:
-        """Read these services again, for a change seen at ``index`` (EVERYTHING: a
-        sweep or a retry, always read)."""
-        for name in sorted(names):
-            with self.lock:
-                if name in self.pending:
-                    self.pending[name] = max(self.pending[name], index)
-                    continue
-                if self.running.get(name, -1) >= index != EVERYTHING:
-                    continue  # a read that started after this change is running
-                self.pending[name] = index
-            try:
-                self.pool.submit(self._fetch, name)
-            except RuntimeError:  # shut down
-                return
-
-    def _fetch(self, name: str) -> None:
-        with self.lock:
-            self.running[name] = self.pending.pop(name, 0)
-            summary = (self.summaries or {}).get(name)
-        try:
-            self._read_service(name, summary)
-        finally:
-            with self.lock:
-                self.running.pop(name, None)
-
+    # -- reading one service ---------------------------------------------------------
     def _read_service(self, name: str, summary: Summary | None) -> None:
         if summary is None:
             return
@@ -382,7 +288,7 @@ class CatalogWatcher:
                 retry = set(self.failed)
             failures = failures + 1 if retry else 0
             if retry:
-                self._schedule(retry, EVERYTHING)
+                self.fetch_queue.schedule(retry, EVERYTHING)
 
     # -- one read, for the dry run and template --once ------------------------------
     def read_once(self, timeout: float = 60.0) -> Catalog:

@@ -14,8 +14,6 @@ after the server-state file has been reconciled with the new configuration.
 from __future__ import annotations
 
 import logging
-import re
-import socket
 import time
 from dataclasses import dataclass, field
 
@@ -27,78 +25,15 @@ from consul_lb.haproxy.limits import Limits, fit
 from consul_lb.haproxy.process import Haproxy, ReloadError
 from consul_lb.haproxy.runtime_api import RuntimeApi, RuntimeApiError, server_only_changes
 from consul_lb.manager import isolate
+from consul_lb.manager.counters import Counters, state
+from consul_lb.manager.plan import TEMPLATE_FAILS, Plan, reason, summary, warnings
+from consul_lb.manager.ports import frontend_ports, taken_ports
 from consul_lb.maps import DRAINING, HEALTH_MAP, ORDERED_MAPS
 from consul_lb.model.claims import Holders
 from consul_lb.render import HaproxyFiles, Renderer, server_tls
 from consul_lb.settings import Settings
 
 log = logging.getLogger("apply")
-
-
-def port_free(port: int) -> bool:
-    """Whether a new tcp frontend could bind ``port`` here. haproxy -c does not bind, and
-    a port taken by another program (with host networking, any program on the host)
-    would make every later reload fail. SO_REUSEADDR, as HAProxy binds: a port whose
-    last connections are in TIME_WAIT is free."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
-
-
-TEMPLATE_FAILS = "the template fails for it: "
-
-
-def reason(failure: str) -> str:
-    """Why a service found by the bisection is left out."""
-    if failure.startswith(TEMPLATE_FAILS):
-        return failure
-    return f"haproxy -c rejects its configuration: {failure}"
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-def summary(lb: model.LoadBalancer) -> str:
-    """What a load balancer publishes, for the "applied:" log line."""
-    servers = sum(len(b.servers) for b in lb.backends)
-    return (
-        f"{plural(len(lb.backends), 'service')}, {plural(servers, 'server')}, "
-        f"{len(lb.skipped)} skipped"
-    )
-
-
-def frontend_ports(lb: model.LoadBalancer, settings: Settings) -> list[int]:
-    https = [settings.tls.https_port] if settings.tls.enabled else []
-    return [settings.http_port, settings.stats_port, *https, *sorted(lb.ports)]
-
-
-@dataclass
-class Plan:
-    """What a catalog gives, ready to install: the load balancer, the problems to
-    report, the files."""
-
-    lb: model.LoadBalancer
-    problems: list[str]
-    files: HaproxyFiles
-    limits: Limits
-
-
-@dataclass
-class Counters:
-    reloads: int = 0
-    failed_reloads: int = 0
-    failed_validations: int = 0
-    renders: int = 0
-    last_render_seconds: float = 0.0
-    runtime_api_changes: int = 0
-    reload_changes: int = 0
-    runtime_api_fallbacks: int = 0
-    last_reload: float = 0.0  # Unix time of the last successful reload or start
 
 
 @dataclass
@@ -144,7 +79,7 @@ class Applier:
         check). Raises what the template raises."""
         started = time.monotonic()
         lb, problems = model.build(catalog, self.settings, Holders.of(self.applied), self.cache)
-        lb = lb.without(self.taken_ports(lb))
+        lb = lb.without(taken_ports(lb, self.applied, self.current))
         limits = self.fit_limits(lb, say=not waiting)
         files = self.renderer.render(lb, limits, waiting)
         self.counters.renders += 1
@@ -182,19 +117,6 @@ class Applier:
         """``haproxy -c`` on ``files`` as they would be installed."""
         return check(files, self.paths.live)
 
-    def taken_ports(self, lb: model.LoadBalancer) -> dict[str, str]:
-        # Ours: what the running configuration binds (also in a dry run next to it).
-        ours = set(self.applied.ports) if self.applied else set()
-        if self.current is not None:
-            ours |= {int(p) for p in re.findall(r"^frontend tcp_(\d+)$", self.current.config, re.M)}
-        return {
-            b.service: f"HAPROXY.FRONTEND.PORT={b.frontend_port} is in use by another program"
-            for b in lb.tcp_backends
-            if b.frontend_port is not None
-            and b.frontend_port not in ours
-            and not port_free(b.frontend_port)
-        }
-
     def fit_limits(self, lb: model.LoadBalancer, say: bool = True) -> Limits:
         """Connection limits for this many servers; logged each time they change (not
         for the empty configuration HAProxy starts with before Consul is read: the first
@@ -211,13 +133,7 @@ class Applier:
         return limits
 
     def report(self, plan: Plan) -> None:
-        lines = [f"skipping service {s.service!r}: {s.reason}" for s in plan.lb.skipped]
-        lines += [f"leaving out {p}" for p in plan.problems]
-        if self.settings.sticky_key is None and any(b.sticky for b in plan.lb.backends):
-            lines.append(
-                "sticky sessions use a cookie key derived from HAPROXY_DOM, which anyone can "
-                "compute: set HAPROXY_STICKY_KEY, the same on every load balancer of the fleet"
-            )
+        lines = warnings(plan, self.settings)
         for line in lines:
             if line not in self.reported:
                 log.warning("%s", line)
@@ -373,18 +289,4 @@ class Applier:
 
     def state(self) -> dict[str, object]:
         """Counters, published and skipped services (state.json and the state endpoint)."""
-        lb = self.applied
-        c = self.counters
-        return {
-            "strategy": self.haproxy.strategy,
-            "reloads": c.reloads,
-            "failed_reloads": c.failed_reloads,
-            "failed_validations": c.failed_validations,
-            "runtime_api_changes": c.runtime_api_changes,
-            "reload_changes": c.reload_changes,
-            "runtime_api_fallbacks": c.runtime_api_fallbacks,
-            "services": [b.service for b in lb.backends] if lb else [],
-            "skipped": [{"service": s.service, "reason": s.reason} for s in lb.skipped]
-            if lb
-            else [],
-        }
+        return state(self.haproxy.strategy, self.counters, self.applied)
