@@ -5,7 +5,7 @@ Tags are read per instance (README, "Service tags"), so each generated instance 
 its own: instances of one service that disagree on protocol, balance or frontend port
 (a rolling deploy), instances without ``HAPROXY.ENABLE=true``, each instance with its own
 ``HAPROXY.BACKEND.MAXCONN`` or none, the TLS tags (``HAPROXY.FRONTEND.REDIRECT_HTTPS``,
-``HAPROXY.FRONTEND.HSTS``, ``HAPROXY.BACKEND.TLS``), the routing tags
+``HAPROXY.FRONTEND.HSTS``, ``HAPROXY.BACKEND.TLS``, ``HAPROXY.FRONTEND.ACME``), the routing tags
 (``HAPROXY.FRONTEND.HOSTS`` with wildcards and aliases other services want too,
 ``HAPROXY.FRONTEND.PATH``, ``HAPROXY.BACKEND.STRIP_PATH``, ``HAPROXY.BACKEND.STICKY``,
 ``HAPROXY.BACKEND.HEALTHCHECK.PATH``, ``HAPROXY.FRONTEND.ALLOW``, ``HAPROXY.GROUP``),

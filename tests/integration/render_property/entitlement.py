@@ -66,6 +66,7 @@ def backend_shape(b: model.Backend) -> Shape:
         redirect=b.redirect_https,
         hsts=b.hsts,
         tls=b.tls,
+        acme=b.acme,
         hosts=frozenset(b.hosts) if http else frozenset(),
         path=b.path if http else None,
         strip=b.strip_path,

@@ -265,6 +265,7 @@ PARSERS: dict[str, Callable[[str, Interpretation], Meaning | None]] = {
         int(v) if re.fullmatch(r"[0-9]{1,9}", v) and int(v) <= 315360000 else None
     ),
     "BACKEND.TLS": parse_bool,
+    "FRONTEND.ACME": parse_bool,
 }
 LIST_KEYS = ("FRONTEND.HOSTS", "FRONTEND.ALLOW")
 
@@ -278,6 +279,7 @@ class Shape(NamedTuple):
     redirect: bool = False  # redirect to https
     hsts: int | None = None  # HSTS max-age
     tls: bool = False  # TLS to the instances
+    acme: bool = False  # a certificate from HAPROXY_ACME_DIRECTORY for its hosts
     hosts: frozenset[str] = frozenset()  # asked: the aliases; entitled: every host kept
     path: str | None = None
     strip: bool = False

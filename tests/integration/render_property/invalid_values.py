@@ -101,6 +101,7 @@ INVALID_VALUES: dict[str, tuple[str, ...]] = {
     "FRONTEND.REDIRECT_HTTPS": ("", "yes", "1", "https", "true "),
     "FRONTEND.HSTS": ("", "-1", "315360001", "1y", "31536000; preload", "1e6", "0x10"),
     "BACKEND.TLS": ("", "ssl", "on", "verify", " true"),
+    "FRONTEND.ACME": ("", "yes", "1", "letsencrypt", "true "),
 }
 # Values the README leaves open (see Interpretation): upper-case hosts, spaces around and
 # empty items in lists, one-label hosts, single addresses and networks with host bits, a

@@ -78,8 +78,9 @@ def read_tags(tags: tuple[str, ...], interp: Interpretation) -> Reading | None:
     ):
         malformed = True
     redirect = options.get("FRONTEND.REDIRECT_HTTPS", False) is True
-    # README: redirect and HSTS are for http services.
-    if protocol == "tcp" and (redirect or "FRONTEND.HSTS" in options):
+    acme = options.get("FRONTEND.ACME", False) is True
+    # README: redirect, HSTS and ACME (HTTP-01, on the http frontend) are for http services.
+    if protocol == "tcp" and (redirect or "FRONTEND.HSTS" in options or acme):
         malformed = True
     if protocol == "tcp" and any(k in options for k in HTTP_TAGS):
         effective = any(options.get(k, False) is not False for k in HTTP_TAGS)
@@ -107,6 +108,7 @@ def read_tags(tags: tuple[str, ...], interp: Interpretation) -> Reading | None:
             redirect=redirect,
             hsts=cast(int | None, options.get("FRONTEND.HSTS")),
             tls=options.get("BACKEND.TLS", False) is True,
+            acme=acme,
             hosts=cast(frozenset[str], options.get("FRONTEND.HOSTS", frozenset())),
             path=cast(str | None, options.get("FRONTEND.PATH")),
             strip=strip,

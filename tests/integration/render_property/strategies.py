@@ -112,6 +112,7 @@ def instance_tags(draw: st.DrawFn, clean: bool = False) -> list[str]:
         "FRONTEND.REDIRECT_HTTPS",
         "FRONTEND.HSTS",
         "BACKEND.TLS",
+        "FRONTEND.ACME",
         "FRONTEND.ALLOW",
         "GROUP",
         "BACKEND.STICKY",

@@ -184,4 +184,5 @@ GOOD_VALUES: dict[str, st.SearchStrategy[str]] = {
         st.sampled_from([0, 1, 31536000, 63072000, 315360000]), st.integers(0, 315360000)
     ).map(str),
     "BACKEND.TLS": st.sampled_from(["true", "true", "false", "TRUE"]),
+    "FRONTEND.ACME": st.sampled_from(["true", "true", "false", "True"]),
 }
