@@ -28,7 +28,8 @@ from tests.integration.acme_fleet import (
     ready,
     says,
 )
-from tests.integration.conftest import HttpsLoad, haproxy_worker_pid, wait_until
+from tests.integration.conftest import wait_until
+from tests.integration.https_load import HttpsLoad, haproxy_worker_pid
 
 pytestmark = pytest.mark.integration
 

@@ -21,8 +21,9 @@ import pytest
 import requests
 
 from devtools.certs import Ca, Leaf
-from tests.integration.conftest import HttpsLoad as Load
-from tests.integration.conftest import Stack, haproxy_worker_pid, wait_until
+from tests.integration.conftest import Stack, wait_until
+from tests.integration.https_load import HttpsLoad as Load
+from tests.integration.https_load import haproxy_worker_pid
 
 pytestmark = pytest.mark.integration
 
