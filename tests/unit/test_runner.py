@@ -58,6 +58,19 @@ class Harness:
         self.thread = threading.Thread(target=self.runner.run_loop, daemon=True)
         self.thread.start()
 
+    def settled(self, *services: str, https: bool = False) -> None:
+        """Wait until the applied load balancer publishes ``services`` (and, with ``https``,
+        serves a certificate). A reload is counted when its apply ends, after the new
+        worker already answers: a count read as soon as traffic flows may miss it."""
+        eventually(
+            lambda: (
+                self.runner.state()["waiting"] is None
+                and set(services) <= set(self.runner.state()["services"])
+                and (not https or self.runner.state()["tls"]["https_bound"])
+            ),
+            what=f"published: {sorted(services)}{' and https' if https else ''}",
+        )
+
     def stop(self) -> None:
         self.runner.loop.post(Event(STOP))
         if self.thread is not None:

@@ -101,7 +101,7 @@ def test_kv_certificates_are_added_rotated_and_removed_without_a_reload(
 ) -> None:
     (lb.cert_dir / "www.pem").write_bytes(WWW.bundle)
     lb.start_in_background()
-    eventually(lambda: lb.runner.state()["waiting"] is None, what="the first read")
+    lb.settled(https=True)
     pid, reloads = lb.runner.haproxy.pid, lb.reloads()
 
     # "x-wild" sorts after "www.pem": the default stays (another default would reload).
@@ -154,6 +154,7 @@ def test_the_first_and_the_last_certificate_reload(lb: TlsHarness, consul: FakeC
     assert lb.tls_state()["https_bound"] is False
     with pytest.raises(OSError):
         lb.served("www.example.com")  # nothing listens without a certificate
+    lb.settled("web")
     reloads = lb.reloads()
     consul.put_key(PREFIX + "www", WWW.bundle)
     eventually(lambda: lb.tls_state()["https_bound"], what="the https frontend")
@@ -170,7 +171,7 @@ def test_a_named_default_stays_the_default(tmp_path: Path, consul: FakeConsul) -
     try:
         (lb.cert_dir / "www.pem").write_bytes(WWW.bundle)
         lb.start_in_background()
-        eventually(lambda: lb.runner.state()["waiting"] is None, what="the first read")
+        lb.settled(https=True)
         reloads = lb.reloads()
         # "a.pem" sorts first, but HAPROXY_TLS_DEFAULT_CERT keeps www.pem the default:
         # no reload.
