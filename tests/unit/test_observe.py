@@ -17,6 +17,7 @@ import pytest
 from consul_lb.consul.catalog import Catalog, Instance
 from consul_lb.haproxy.files import Paths
 from consul_lb.haproxy.limits import fit
+from consul_lb.manager.counters import Counters
 from consul_lb.model import build
 from consul_lb.observe.endpoints import (
     HAPROXY_METRICS_PATH,
@@ -75,10 +76,7 @@ def test_metrics_are_read_at_scrape_time(data: Data) -> None:
     assert value(text, "consul_lb_reloads_total", strategy="seamless", result="success") == 0
     data.figures = Figures(
         strategy="seamless",
-        reloads=7,
-        failed_reloads=2,
-        runtime_api_changes=5,
-        reload_changes=4,
+        counters=Counters(reloads=7, failed_reloads=2, runtime_api_changes=5, reload_changes=4),
         consul_connections=3,
         services_published=3,
         servers_published=9,

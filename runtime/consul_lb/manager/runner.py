@@ -321,17 +321,13 @@ class Runner:
         return state
 
     def figures(self) -> Figures:
-        a, lb = self.applier, self.applier.applied
-        c = a.counters
+        lb = self.applier.applied
         backends = lb.backends if lb else ()
         certificates, certificates_skipped = self.tls.figures()
         acme_orders, acme_renewals = self.acme.figures()
-        counted = {
-            f.name: getattr(c, f.name) for f in dataclasses.fields(c) if f.name != "last_reload"
-        }
         return Figures(
             strategy=self.haproxy.strategy,
-            **counted,
+            counters=dataclasses.replace(self.applier.counters),
             haproxy_restarts=self.haproxy.restarts,
             consul_requests=self.client.stats.requests,
             consul_errors=self.client.stats.errors,

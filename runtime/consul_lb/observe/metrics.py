@@ -16,6 +16,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from consul_lb import __version__
+from consul_lb.manager.counters import Counters
 
 
 @dataclass
@@ -30,14 +31,7 @@ class Figures:
     """Everything /metrics says of the runtime, at one instant."""
 
     strategy: str
-    reloads: int = 0
-    failed_reloads: int = 0
-    failed_validations: int = 0
-    renders: int = 0
-    last_render_seconds: float = 0.0
-    runtime_api_changes: int = 0
-    reload_changes: int = 0
-    runtime_api_fallbacks: int = 0
+    counters: Counters = field(default_factory=Counters)  # the applier's, copied
     haproxy_restarts: int = 0
     consul_requests: int = 0
     consul_errors: int = 0
@@ -71,6 +65,7 @@ class RuntimeCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         f = self.figures()
+        c = f.counters
         info = GaugeMetricFamily(
             "consul_lb_info",
             "consul-lb version and reload strategy",
@@ -83,27 +78,27 @@ class RuntimeCollector(Collector):
             "HAProxy reloads (not counting its first start), by strategy and result",
             labels=["strategy", "result"],
         )
-        reloads.add_metric([f.strategy, "success"], max(0, f.reloads - f.failed_reloads))
-        reloads.add_metric([f.strategy, "failure"], f.failed_reloads)
+        reloads.add_metric([f.strategy, "success"], max(0, c.reloads - c.failed_reloads))
+        reloads.add_metric([f.strategy, "failure"], c.failed_reloads)
         yield reloads
         changes = CounterMetricFamily(
             "consul_lb_changes_applied",
             "Configuration changes applied, by path: HAProxy's runtime API (no reload) or a reload",
             labels=["path"],
         )
-        changes.add_metric(["runtime_api"], f.runtime_api_changes)
-        changes.add_metric(["reload"], f.reload_changes)
+        changes.add_metric(["runtime_api"], c.runtime_api_changes)
+        changes.add_metric(["reload"], c.reload_changes)
         yield changes
         yield _counter(
             "consul_lb_runtime_api_fallbacks",
             "Runtime-API changes that failed and were applied by a reload instead",
-            f.runtime_api_fallbacks,
+            c.runtime_api_fallbacks,
         )
         yield _counter(
             "consul_lb_failed_validations",
             "Rendered configurations that could not be rendered or that haproxy -c rejected "
             "(never installed as they were)",
-            f.failed_validations,
+            c.failed_validations,
         )
         errors = CounterMetricFamily(
             "consul_lb_errors",
@@ -113,11 +108,11 @@ class RuntimeCollector(Collector):
         for stage in sorted({"apply", "event", "restart", *f.errors}):
             errors.add_metric([stage], f.errors.get(stage, 0))
         yield errors
-        yield _counter("consul_lb_renders", "Configurations rendered from the catalog", f.renders)
+        yield _counter("consul_lb_renders", "Configurations rendered from the catalog", c.renders)
         yield _gauge(
             "consul_lb_render_duration_seconds",
             "How long the last render took (model, port probe and template)",
-            f.last_render_seconds,
+            c.last_render_seconds,
         )
         yield _counter(
             "consul_lb_haproxy_restarts",
