@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from consul_lb.durations import DurationError, parse_duration, parse_wait
-from consul_lb.tls.settings import TlsSettings, kv_prefix, readable_file
+from consul_lb.tls.settings import TlsSettings, kv_prefix, parse_variables, readable_file
 
 # RFC 8555 wants HTTPS for the directory; the URL is only ever given to the acme library,
 # but a closed pattern keeps log lines and state free of surprises.
@@ -87,16 +87,7 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
 
 def read(env: Mapping[str, str]) -> tuple[AcmeSettings, list[str]]:
     """The ACME settings and one problem line per bad variable (naming it)."""
-    values: dict[str, Any] = {}
-    errors: list[str] = []
-    for name, (field, parse) in VARIABLES.items():
-        raw = env.get(name, "").strip()
-        if not raw:
-            continue
-        try:
-            values[field] = parse(raw)
-        except ValueError as exc:
-            errors.append(f"{name}: {exc}")
+    values, errors = parse_variables(env, VARIABLES)
     return AcmeSettings(**values), errors
 
 

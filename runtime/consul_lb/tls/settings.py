@@ -155,11 +155,14 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
 }
 
 
-def read(env: Mapping[str, str]) -> tuple[TlsSettings, list[str]]:
-    """The TLS settings and one problem line per bad variable (naming it)."""
+def parse_variables(
+    env: Mapping[str, str], variables: Mapping[str, tuple[str, Callable[[str], Any]]]
+) -> tuple[dict[str, Any], list[str]]:
+    """``variables`` (name -> (field, parser raising ValueError)) read from ``env``: the
+    fields of those set and not blank, and one problem line per bad variable (naming it)."""
     values: dict[str, Any] = {}
     errors: list[str] = []
-    for name, (field, parse) in VARIABLES.items():
+    for name, (field, parse) in variables.items():
         raw = env.get(name, "").strip()
         if not raw:
             continue
@@ -167,4 +170,10 @@ def read(env: Mapping[str, str]) -> tuple[TlsSettings, list[str]]:
             values[field] = parse(raw)
         except ValueError as exc:
             errors.append(f"{name}: {exc}")
+    return values, errors
+
+
+def read(env: Mapping[str, str]) -> tuple[TlsSettings, list[str]]:
+    """The TLS settings and one problem line per bad variable (naming it)."""
+    values, errors = parse_variables(env, VARIABLES)
     return TlsSettings(**values), errors
