@@ -111,11 +111,11 @@ def test_a_tagged_service_gets_a_certificate_served_over_https(
         assert cert.names == (HOST,)
         context = ssl.create_default_context(cadata=lb.pebble.root().decode())
         eventually(lambda: handshake(context, lb.https_port) == cert.fingerprint, timeout=10)
-        state = lb.runner.state()["acme"]
+        state = lb.runner.report.state()["acme"]
         (entry,) = state["certificates"]
         assert entry["name"] == "www.example.com.acme" and entry["sha256"] == cert.fingerprint
         assert entry["last_order"]["result"] == "issued"
-        metrics = exposition(lb.runner.figures).decode()
+        metrics = exposition(lb.runner.report.figures).decode()
         assert 'consul_lb_acme_orders_total{result="issued"} 1.0' in metrics
         assert 'consul_lb_acme_renewal_timestamp_seconds{name="www.example.com.acme"}' in metrics
         # Everything else on the http frontend is the service's: here, a 403.

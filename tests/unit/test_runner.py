@@ -64,9 +64,9 @@ class Harness:
         worker already answers: a count read as soon as traffic flows may miss it."""
         eventually(
             lambda: (
-                self.runner.state()["waiting"] is None
-                and set(services) <= set(self.runner.state()["services"])
-                and (not https or self.runner.state()["tls"]["https_bound"])
+                self.runner.report.state()["waiting"] is None
+                and set(services) <= set(self.runner.report.state()["services"])
+                and (not https or self.runner.report.state()["tls"]["https_bound"])
             ),
             what=f"published: {sorted(services)}{' and https' if https else ''}",
         )
@@ -117,19 +117,19 @@ def test_haproxy_starts_before_consul_answers_and_says_why_it_fails(
     harness.start_in_background()
     status, body = eventually(harness.health, what="the health URI")
     assert status == 503 and "waiting for the first complete read of Consul" in body
-    state = harness.runner.state()
+    state = harness.runner.report.state()
     assert state["waiting"].startswith("first complete read of Consul at http://127.0.0.1:")
     consul.fail = False
     eventually(lambda: harness.health() == (200, "ok"), what="health once Consul answers")
     eventually(lambda: harness.routes("web.example.com", "web-1"), what="routing")
     # Set once the apply returned (HAProxy may route a moment before).
-    eventually(lambda: harness.runner.state()["waiting"] is None, what="no longer waiting")
+    eventually(lambda: harness.runner.report.state()["waiting"] is None, what="no longer waiting")
 
 
 def test_an_empty_catalog_is_a_complete_read(harness: Harness) -> None:
     harness.start_in_background()
     eventually(lambda: harness.health() == (200, "ok"), what="health with no service at all")
-    eventually(lambda: harness.runner.state()["waiting"] is None)
+    eventually(lambda: harness.runner.report.state()["waiting"] is None)
     assert harness.runner.applier.counters.reloads == 0  # the reason left through the API
 
 
@@ -176,7 +176,7 @@ def test_haproxy_that_dies_is_restarted(harness: Harness) -> None:
     harness.start_in_background()
     eventually(lambda: harness.routes("web.example.com", "web-1"))
     # The first apply replaced the start's process (-sf): read the pid once it is done.
-    eventually(lambda: harness.runner.state()["waiting"] is None, what="the first apply")
+    eventually(lambda: harness.runner.report.state()["waiting"] is None, what="the first apply")
     pid = harness.runner.haproxy.pid
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
@@ -236,7 +236,7 @@ def test_state_json_and_figures_follow_the_loop(harness: Harness) -> None:
     eventually(lambda: harness.routes("web.example.com", "web-1"))
     state_json = harness.runner.paths.state_dir / "state.json"
     eventually(lambda: '"web"' in state_json.read_text(), what="state.json naming web")
-    figures = harness.runner.figures()
+    figures = harness.runner.report.figures()
     assert figures.services_published == 1 and figures.servers_published == 1
     assert figures.consul_connections <= harness.settings.common.max_conns
     names = {w.name for w in figures.watches}
@@ -249,7 +249,7 @@ def test_the_open_file_limit_is_logged_once_at_start(
     harness.register("web", "web-1")
     with caplog.at_level("INFO"):
         harness.start_in_background()
-        eventually(lambda: harness.runner.state()["waiting"] is None)
+        eventually(lambda: harness.runner.report.state()["waiting"] is None)
     said = [r.getMessage() for r in caplog.records if "open-file limit" in r.getMessage()]
     assert len(said) == 1, said
 

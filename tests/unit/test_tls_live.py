@@ -61,7 +61,7 @@ class TlsHarness(Harness):
         return self.runner.applier.counters.reloads
 
     def tls_state(self) -> dict[str, Any]:
-        state: dict[str, Any] = self.runner.state()["tls"]
+        state: dict[str, Any] = self.runner.report.state()["tls"]
         return state
 
 
@@ -144,7 +144,7 @@ def test_bad_bundles_are_skipped_with_their_reasons(
     assert len(lines) == 2  # one line each, however often the sources are read
     key_line = WWW.key_pem.decode().splitlines()[1]
     assert not any(key_line in r.getMessage() for r in caplog.records)
-    assert key_line not in str(lb.runner.state())
+    assert key_line not in str(lb.runner.report.state())
 
 
 def test_the_first_and_the_last_certificate_reload(lb: TlsHarness, consul: FakeConsul) -> None:
@@ -194,7 +194,7 @@ def test_expiry_is_reported_once_and_measured(
     lb.runner.tls.apply()
     lines = [r.getMessage() for r in caplog.records if "expires at" in r.getMessage()]
     assert len(lines) == 1 and "certificate 'soon.pem' (soon.example.com)" in lines[0]
-    metrics = exposition(lb.runner.figures).decode()
+    metrics = exposition(lb.runner.report.figures).decode()
     prefix = 'consul_lb_certificate_expiry_timestamp_seconds{name="soon.pem"} '
     (line,) = [ln for ln in metrics.splitlines() if ln.startswith(prefix)]
     assert float(line.removeprefix(prefix)) == soon.cert.not_valid_after_utc.timestamp()

@@ -11,13 +11,11 @@ the running configuration keeps serving.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import signal
 import time
 from types import FrameType
-from typing import Any, cast
+from typing import cast
 
 from consul_lb.acme.worker import Acme
 from consul_lb.consul.catalog import Catalog
@@ -29,10 +27,10 @@ from consul_lb.haproxy.iptables import IptablesError
 from consul_lb.haproxy.process import Haproxy, ReloadError, make
 from consul_lb.manager.applier import Applier, Timeline
 from consul_lb.manager.loop import CHANGED, HAPROXY_EXITED, RELOAD, STOP, Event, EventLoop
+from consul_lb.manager.report import Report
 from consul_lb.maps import HEALTH_MAP
 from consul_lb.model import LoadBalancer, watched
-from consul_lb.observe.endpoints import Observer, Sources, start_server
-from consul_lb.observe.metrics import Figures, WatchFigures
+from consul_lb.observe.endpoints import Observer, start_server
 from consul_lb.render import HaproxyFiles, Renderer
 from consul_lb.settings import Settings
 from consul_lb.tls.manager import Tls
@@ -87,6 +85,7 @@ class Runner:
         self.last_change: Timeline | None = None  # stages of the last change applied
         self.failures = {"apply": 0, "restart": 0}
         self.stopping = False
+        self.report = Report(self)
 
     # -- start ------------------------------------------------------------------------
     def start(self) -> None:
@@ -164,7 +163,7 @@ class Runner:
             if event.kind != CHANGED and not (
                 event.kind == "render" and self.loop.pending("render")
             ):
-                self.write_state()
+                self.report.write_state()
 
     def handle(self, event: Event) -> None:
         kind = event.kind
@@ -289,84 +288,10 @@ class Runner:
         log.info("haproxy stopped (code %s)", code)
         return 0
 
-    # -- what operators see -----------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        state: dict[str, Any] = dict(self.applier.state())
-        state["waiting"] = (
-            f"first complete read of Consul at {self.client.config.address}"
-            if self.waiting
-            else None
-        )
-        state["errors"] = dict(self.errors)
-        state["last_error"] = self.last_error or None
-        watches = self.watcher.statuses()
-        state["watches"] = [s.public() for s in watches]
-        state["last_sync"] = max((w.last_success for w in watches), default=0.0) or None
-        since = self.watcher.outage.since
-        state["consul"] = {
-            "address": self.client.config.address,
-            "requests": self.client.stats.requests,
-            "errors": self.client.stats.errors,
-            "connections_opened": self.client.connections_opened,
-            # Outage.since is monotonic; say it as wall-clock time.
-            "unreachable_since": None
-            if since is None
-            else time.time() - (time.monotonic() - since),
-        }
-        state["last_reload"] = self.applier.counters.last_reload or None
-        state["unreadable_services"] = self.watcher.missing()
-        state["last_change"] = dataclasses.asdict(self.last_change) if self.last_change else None
-        state["tls"] = self.tls.state()
-        state["acme"] = self.acme.state()
-        return state
-
-    def figures(self) -> Figures:
-        lb = self.applier.applied
-        backends = lb.backends if lb else ()
-        certificates, certificates_skipped = self.tls.figures()
-        acme_orders, acme_renewals = self.acme.figures()
-        return Figures(
-            strategy=self.haproxy.strategy,
-            counters=dataclasses.replace(self.applier.counters),
-            haproxy_restarts=self.haproxy.restarts,
-            consul_requests=self.client.stats.requests,
-            consul_errors=self.client.stats.errors,
-            consul_connections=self.client.connections_opened,
-            consul_up=self.watcher.outage.since is None,
-            consul_last_success=max((w.last_success for w in self.watcher.statuses()), default=0),
-            services_published=len(backends),
-            servers_published=sum(len(b.servers) for b in backends),
-            services_skipped=len(lb.skipped) if lb else 0,
-            certificates=certificates,
-            certificates_skipped=certificates_skipped,
-            acme_orders=acme_orders if self.acme.enabled else None,
-            acme_renewals=acme_renewals,
-            waiting=self.waiting,
-            errors=dict(self.errors),
-            watches=[
-                WatchFigures(w.name, w.last_success, w.errors) for w in self.watcher.statuses()
-            ],
-        )
-
     def serve_endpoints(self) -> None:
         """The metrics and state endpoints; a port another program holds is a start
         error (HAProxy would forward the stats port's paths to that program)."""
-        token = self.client.config.token
-        observer = Observer(
-            Sources(
-                figures=self.figures,
-                state=self.state,
-                config_file=self.paths.config,
-                secrets=lambda: (
-                    [token, *self.settings.secrets()] if token else self.settings.secrets()
-                ),
-                haproxy_metrics=("127.0.0.1", self.settings.stats_port),
-                haproxy_auth=(self.settings.stats_user, self.settings.stats_password)
-                if self.settings.stats_user and self.settings.stats_password
-                else None,
-                acme_challenge=self.acme.answer,
-            )
-        )
+        observer = Observer(self.report.sources())
         port = self.settings.runtime_port
         try:
             start_server(observer, port)
@@ -376,13 +301,6 @@ class Runner:
                 "another program holds it; set HAPROXY_RUNTIME_PORT to a free port"
             ) from exc
         log.info("metrics and state endpoints on 127.0.0.1:%d, behind the stats port", port)
-
-    def write_state(self) -> None:
-        """state.json in the state directory: what the load balancer does now."""
-        tmp = self.paths.state_dir / ".state.json.tmp"
-        body = dict(self.state(), updated=time.time())
-        tmp.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
-        tmp.replace(self.paths.state_dir / "state.json")
 
 
 def run(settings: Settings, consul: ConsulConfig) -> int:
@@ -397,6 +315,6 @@ def run(settings: Settings, consul: ConsulConfig) -> int:
         log.error("%s", exc)
         return 2
     log.info("watching Consul at %s for services tagged HAPROXY.ENABLE=true", consul.address)
-    runner.write_state()
+    runner.report.write_state()
     runner.run_loop()
     return runner.drain()

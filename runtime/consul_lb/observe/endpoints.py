@@ -41,7 +41,7 @@ REDACTED = "<redacted>"
 
 @dataclass
 class Sources:
-    """Where each answer comes from (plain callables: the runner's methods, or test
+    """Where each answer comes from (plain callables: manager/report.py's, or test
     data)."""
 
     figures: Callable[[], Figures]
