@@ -7,8 +7,6 @@ in one round instead of one variable per restart.
 from __future__ import annotations
 
 import itertools
-import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -16,18 +14,23 @@ from typing import Any
 
 from consul_lb.acme import settings as acme_settings
 from consul_lb.acme.settings import AcmeSettings
-from consul_lb.durations import DurationError, parse_duration, parse_wait
+from consul_lb.durations import DurationError, parse_wait
+from consul_lb.env_values import (
+    boolean,
+    choice,
+    domain,
+    groups,
+    haproxy_time,
+    int_range,
+    seconds,
+    secret,
+    state_dir,
+    template_dirs,
+    user,
+)
 from consul_lb.tls import settings as tls_settings
 from consul_lb.tls.settings import TlsSettings
 
-# HAProxy time format: a number with an optional unit (milliseconds without one).
-# `\Z`, not `$`: `$` also matches before a trailing newline.
-HAPROXY_TIME = re.compile(r"^[0-9]{1,9}(us|ms|s|m|h|d)?\Z")
-# A group name (HAPROXY.GROUP, HAPROXY_GROUPS).
-GROUP = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
-DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
-# The state directory is written into haproxy.cfg unquoted (admin socket, state file).
-STATE_DIR = re.compile(r"^/[A-Za-z0-9._/-]{0,200}\Z")
 # See runtime/consul_lb/haproxy/process.py; the first is the default.
 RELOAD_STRATEGIES = ("seamless", "syn-drop", "naive")
 
@@ -39,11 +42,6 @@ class SettingsError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
         self.problems = problems
-
-
-def is_dns_name(value: str) -> bool:
-    """A lower-case DNS name of at most 253 characters (labels separated by dots)."""
-    return 0 < len(value) <= 253 and all(DNS_LABEL.match(label) for label in value.split("."))
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -138,154 +136,52 @@ class Settings:
         }
 
 
-def _int(low: int, high: int) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        if not re.fullmatch(r"[0-9]{1,10}", raw):
-            raise ValueError(f"expected a whole number, got {raw!r}")
-        value = int(raw)
-        if not low <= value <= high:
-            raise ValueError(f"expected {low}..{high}, got {value}")
-        return value
-
-    return parse
-
-
-def _haproxy_time(raw: str) -> str:
-    if not HAPROXY_TIME.match(raw):
-        raise ValueError(f"expected an HAProxy time such as 500ms, 3s or 1m, got {raw!r}")
-    return raw
-
-
-def _domain(raw: str) -> str:
-    value = raw.strip().rstrip(".").lower()
-    if not is_dns_name(value):
-        raise ValueError(f"expected a DNS name such as example.com, got {raw!r}")
-    return value
-
-
 def _strategy(raw: str) -> str:
     if raw not in RELOAD_STRATEGIES:
         raise ValueError(f"expected one of {', '.join(RELOAD_STRATEGIES)}, got {raw!r}")
     return raw
 
 
-def _state_dir(raw: str) -> Path:
-    if not STATE_DIR.match(raw):
-        raise ValueError(
-            f"expected an absolute path of letters, digits, '.', '_', '-' and '/', got {raw!r}"
-        )
-    return Path(raw)
-
-
-def _seconds(raw: str) -> float:
-    try:
-        return parse_duration(raw)
-    except DurationError as exc:
-        raise ValueError(str(exc)) from exc
-
-
-def _choice(*allowed: str) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
-        value = raw.lower()
-        if value not in allowed:
-            raise ValueError(f"expected one of {', '.join(allowed)}, got {raw!r}")
-        return value
-
-    return parse
-
-
-def _template_dirs(raw: str) -> tuple[Path, ...]:
-    dirs = tuple(Path(p) for p in raw.split(":") if p)
-    for d in dirs:
-        if not d.is_dir():
-            raise ValueError(f"{str(d)!r} is not a directory")
-        if not os.access(d, os.R_OK | os.X_OK):
-            raise ValueError(f"{str(d)!r} is not readable")
-    return dirs
-
-
-def _groups(raw: str) -> tuple[str, ...]:
-    names = tuple(sorted({g.strip() for g in raw.split(",") if g.strip()}))
-    if "*" in names:
-        return ("*",)
-    for name in names:
-        if not GROUP.match(name):
-            raise ValueError(
-                f"expected group names (lower-case letters, digits, '_', '-') or *, got {raw!r}"
-            )
-    if not names:
-        raise ValueError(f"expected one or more group names, got {raw!r}")
-    return names
-
-
-# A secret written into haproxy.cfg: printable ASCII without what HAProxy's parser reads
-# specially (whitespace, quotes, backslash, '#').
-SECRET = re.compile(r"^[!$-&(-\[\]-~]{8,128}\Z")
-
-
-def _secret(raw: str) -> str:
-    if not SECRET.match(raw):
-        raise ValueError(
-            "expected 8 to 128 printable characters without spaces, quotes, '\\' or '#'"
-        )
-    return raw
-
-
-def _user(raw: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", raw):
-        raise ValueError(f"expected a user name of letters, digits, '.', '_', '-', got {raw!r}")
-    return raw
-
-
-def _bool(raw: str) -> bool:
-    value = raw.lower()
-    if value in {"true", "1", "yes", "on"}:
-        return True
-    if value in {"false", "0", "no", "off"}:
-        return False
-    raise ValueError(f"expected true or false, got {raw!r}")
-
-
-PORT = _int(1, 65535)
+PORT = int_range(1, 65535)
 
 # variable -> (field, parser). The defaults live on the dataclass.
 VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "HAPROXY_MAXCONN_GLOBAL": ("maxconn_global", _int(1, 10_000_000)),
-    "HAPROXY_SPREAD_CHECKS": ("spread_checks", _int(0, 50)),
-    "HAPROXY_MAX_SPREAD_CHECKS": ("max_spread_checks", _haproxy_time),
-    "HAPROXY_RETRIES": ("retries", _int(0, 100)),
-    "HAPROXY_BACKLOG": ("backlog", _int(1, 1_000_000)),
-    "HAPROXY_MAXCONN": ("maxconn", _int(1, 10_000_000)),
-    "HAPROXY_TIMEOUT_CONNECT": ("timeout_connect", _haproxy_time),
-    "HAPROXY_TIMEOUT_CLIENT": ("timeout_client", _haproxy_time),
-    "HAPROXY_TIMEOUT_SERVER": ("timeout_server", _haproxy_time),
-    "HAPROXY_TIMEOUT_HTTP_KEEP_ALIVE": ("timeout_http_keep_alive", _haproxy_time),
-    "HAPROXY_TIMEOUT_HTTP_REQUEST": ("timeout_http_request", _haproxy_time),
-    "HAPROXY_TIMEOUT_QUEUE": ("timeout_queue", _haproxy_time),
-    "HAPROXY_TIMEOUT_TUNNEL": ("timeout_tunnel", _haproxy_time),
+    "HAPROXY_MAXCONN_GLOBAL": ("maxconn_global", int_range(1, 10_000_000)),
+    "HAPROXY_SPREAD_CHECKS": ("spread_checks", int_range(0, 50)),
+    "HAPROXY_MAX_SPREAD_CHECKS": ("max_spread_checks", haproxy_time),
+    "HAPROXY_RETRIES": ("retries", int_range(0, 100)),
+    "HAPROXY_BACKLOG": ("backlog", int_range(1, 1_000_000)),
+    "HAPROXY_MAXCONN": ("maxconn", int_range(1, 10_000_000)),
+    "HAPROXY_TIMEOUT_CONNECT": ("timeout_connect", haproxy_time),
+    "HAPROXY_TIMEOUT_CLIENT": ("timeout_client", haproxy_time),
+    "HAPROXY_TIMEOUT_SERVER": ("timeout_server", haproxy_time),
+    "HAPROXY_TIMEOUT_HTTP_KEEP_ALIVE": ("timeout_http_keep_alive", haproxy_time),
+    "HAPROXY_TIMEOUT_HTTP_REQUEST": ("timeout_http_request", haproxy_time),
+    "HAPROXY_TIMEOUT_QUEUE": ("timeout_queue", haproxy_time),
+    "HAPROXY_TIMEOUT_TUNNEL": ("timeout_tunnel", haproxy_time),
     "HAPROXY_HTTP_PORT": ("http_port", PORT),
     "HAPROXY_STATS_PORT": ("stats_port", PORT),
     "HAPROXY_RELOAD_STRATEGY": ("reload_strategy", _strategy),
-    "HAPROXY_DRAIN_SECONDS": ("drain_seconds", _seconds),
-    "HAPROXY_HARD_STOP_AFTER": ("hard_stop_after", _haproxy_time),
-    "HAPROXY_RUNTIME_API": ("runtime_api", _bool),
-    "HAPROXY_SERVER_DRAIN_TIMEOUT": ("server_drain_timeout", _seconds),
-    "CONSUL_LB_STATE_DIR": ("state_dir", _state_dir),
+    "HAPROXY_DRAIN_SECONDS": ("drain_seconds", seconds),
+    "HAPROXY_HARD_STOP_AFTER": ("hard_stop_after", haproxy_time),
+    "HAPROXY_RUNTIME_API": ("runtime_api", boolean),
+    "HAPROXY_SERVER_DRAIN_TIMEOUT": ("server_drain_timeout", seconds),
+    "CONSUL_LB_STATE_DIR": ("state_dir", state_dir),
     "HAPROXY_RUNTIME_PORT": ("runtime_port", PORT),
-    "HAPROXY_HEALTH_WARNING": ("health_warning", _choice(*HEALTH_WARNING)),
-    "CONSUL_LB_TEMPLATES": ("templates", _template_dirs),
-    "CONSUL_LB_RESYNC_INTERVAL": ("resync_interval", _seconds),
-    "HAPROXY_GROUPS": ("groups", _groups),
-    "HAPROXY_STICKY_KEY": ("sticky_key", _secret),
-    "HAPROXY_STATS_USER": ("stats_user", _user),
-    "HAPROXY_STATS_PASSWORD": ("stats_password", _secret),
+    "HAPROXY_HEALTH_WARNING": ("health_warning", choice(*HEALTH_WARNING)),
+    "CONSUL_LB_TEMPLATES": ("templates", template_dirs),
+    "CONSUL_LB_RESYNC_INTERVAL": ("resync_interval", seconds),
+    "HAPROXY_GROUPS": ("groups", groups),
+    "HAPROXY_STICKY_KEY": ("sticky_key", secret),
+    "HAPROXY_STATS_USER": ("stats_user", user),
+    "HAPROXY_STATS_PASSWORD": ("stats_password", secret),
 }
 # Read by both modes, into Common.
 COMMON_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
-    "CONSUL_LB_LOG_LEVEL": ("log_level", _choice(*LOG_LEVELS)),
-    "CONSUL_LB_LOG_FORMAT": ("log_format", _choice(*LOG_FORMATS)),
-    "CONSUL_LB_MAX_CONNS": ("max_conns", _int(3, 10_000)),
-    "CONSUL_LB_MAX_STALE": ("max_stale", _seconds),
+    "CONSUL_LB_LOG_LEVEL": ("log_level", choice(*LOG_LEVELS)),
+    "CONSUL_LB_LOG_FORMAT": ("log_format", choice(*LOG_FORMATS)),
+    "CONSUL_LB_MAX_CONNS": ("max_conns", int_range(3, 10_000)),
+    "CONSUL_LB_MAX_STALE": ("max_stale", seconds),
 }
 
 
@@ -322,7 +218,7 @@ def from_env(env: Mapping[str, str]) -> Settings:
         errors.append("HAPROXY_DOM is required: the domain services are published under")
     else:
         try:
-            values["domain"] = _domain(raw_dom)
+            values["domain"] = domain(raw_dom)
         except ValueError as exc:
             errors.append(f"HAPROXY_DOM: {exc}")
     read, bad = _read(env, VARIABLES)
@@ -339,7 +235,7 @@ def from_env(env: Mapping[str, str]) -> Settings:
     password_file = env.get("HAPROXY_STATS_PASSWORD_FILE", "").strip()
     if password_file and "stats_password" not in values:
         try:
-            values["stats_password"] = _secret(Path(password_file).read_text().strip())
+            values["stats_password"] = secret(Path(password_file).read_text().strip())
         except OSError as exc:
             errors.append(
                 f"HAPROXY_STATS_PASSWORD_FILE: cannot read {password_file}: {exc.strerror}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from consul_lb.env_values import is_dns_name
 from consul_lb.haproxy.files import Paths
 from consul_lb.haproxy.process import make
 from consul_lb.settings import (
@@ -15,7 +16,6 @@ from consul_lb.settings import (
     SettingsError,
     common_from_env,
     from_env,
-    is_dns_name,
 )
 
 DOM = {"HAPROXY_DOM": "example.com"}

@@ -20,10 +20,11 @@ import re
 from collections.abc import Callable, Iterable
 
 from consul_lb.consul.catalog import PASSING, WARNING, Catalog, Instance, Service
+from consul_lb.env_values import DNS_LABEL, is_dns_name
 from consul_lb.model.claims import Candidate, Holders, resolve
 from consul_lb.model.tags import EXTERNAL, PREFIX, ServiceOptions, TagError, parse_tags, printable
 from consul_lb.model.types import Backend, LoadBalancer, Server, Skipped
-from consul_lb.settings import DNS_LABEL, Settings, is_dns_name
+from consul_lb.settings import Settings
 
 # `\Z`, not `$`: `$` also matches before a trailing newline, which would end the line
 # in haproxy.cfg.

@@ -9,7 +9,7 @@ import ipaddress
 import re
 from collections.abc import Callable
 
-from consul_lb.settings import GROUP
+from consul_lb.env_values import GROUP
 
 # One DNS label (RFC 1035 2.3.1, with digits first allowed as RFC 1123 2.1 does).
 LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
