@@ -22,7 +22,7 @@ from invoke.program import Program
 from invoke.tasks import task as invoke_task
 
 from devtools import demo as demo_stack
-from devtools import images, mirrors, progress
+from devtools import images, local_images, mirrors, progress
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_NAMESPACE = "consul-lb"
@@ -77,19 +77,19 @@ def _number(option: str, raw: str, kind: type[int] | type[float], minimum: float
         "verbose": VERBOSE,
     }
 )
-def base(c: Context, base_image: str = images.OFFICIAL_BASE, verbose: bool = False) -> None:
+def base(c: Context, base_image: str = local_images.OFFICIAL_BASE, verbose: bool = False) -> None:
     """Make the Debian base image and the Consul image available (pull or build locally)."""
     with _reported():
         _base(progress.Progress.from_env(verbose), base_image)
 
 
 def _base(
-    steps: progress.Progress, base_image: str = images.OFFICIAL_BASE
+    steps: progress.Progress, base_image: str = local_images.OFFICIAL_BASE
 ) -> tuple[docker.DockerClient, str, str]:
     """The Docker client, the Debian base image and the Consul image."""
     client = images.client()
-    ref = images.ensure_debian_base(client, base_image, steps)
-    return client, ref, images.ensure_consul_image(client, ref, steps)
+    ref = local_images.ensure_debian_base(client, base_image, steps)
+    return client, ref, local_images.ensure_consul_image(client, ref, steps)
 
 
 @task(
@@ -105,14 +105,14 @@ def build(
     c: Context,
     namespace: str = DEFAULT_NAMESPACE,
     tag: str = DEFAULT_TAG,
-    base_image: str = images.OFFICIAL_BASE,
+    base_image: str = local_images.OFFICIAL_BASE,
     verbose: bool = False,
 ) -> None:
     """Build NS/consul-template:TAG, then NS/haproxy:TAG FROM it, with OCI labels."""
     with _reported():
         steps = progress.Progress.from_env(verbose)
         client = images.client()
-        ref = images.ensure_debian_base(client, base_image, steps)
+        ref = local_images.ensure_debian_base(client, base_image, steps)
         images.build_all(client, images.ImageNames(namespace, tag), ref, _version(), steps)
 
 
@@ -179,7 +179,7 @@ def test(
             steps = progress.Progress.from_env(verbose)
             client, ref, _ = _base(steps)
             images.build_all(client, images.ImageNames(namespace, tag), ref, _version(), steps)
-            images.ensure_pebble_image(client, ref, steps)  # the ACME server of test_acme.py
+            local_images.ensure_pebble_image(client, ref, steps)  # the ACME server of test_acme.py
         env = {"CONSUL_LB_IMAGE_NAMESPACE": namespace, "CONSUL_LB_IMAGE_TAG": tag}
         c.run(f"{sys.executable} -m pytest tests/integration -q -rs{select}", env=env, pty=False)
 
@@ -223,7 +223,7 @@ def clean(c: Context, all: bool = False) -> None:
     """Remove build/ (the wheelhouse and the logs), and with --all the local base images."""
     c.run(f"rm -rf {ROOT / 'build'}")
     if all:
-        for ref in (images.LOCAL_BASE, images.LOCAL_CONSUL, images.LOCAL_PEBBLE):
+        for ref in (local_images.LOCAL_BASE, local_images.LOCAL_CONSUL, local_images.LOCAL_PEBBLE):
             c.run(f"docker image rm -f {ref}", warn=True)
 
 

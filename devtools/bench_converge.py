@@ -18,7 +18,7 @@ from typing import Any
 
 import requests
 
-from devtools import images
+from devtools import images, local_images
 from devtools.loadclient import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,7 +66,7 @@ def _time_until(url: str, wanted: str, started: float, out: dict[str, float]) ->
 
 def main(names: images.ImageNames, rounds: int = 100, out: Callable[[str], None] = print) -> None:
     client = images.client()
-    consul_image = images.ensure_consul_image(client, images.ensure_debian_base(client))
+    consul_image = local_images.ensure_consul_image(client, local_images.ensure_debian_base(client))
     net = client.networks.create(f"consul-lb-conv-{uuid.uuid4().hex[:6]}")
     containers: list[Any] = []
 

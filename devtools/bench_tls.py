@@ -30,7 +30,7 @@ from typing import Any
 
 import requests
 
-from devtools import images
+from devtools import images, local_images
 from devtools.certs import Ca
 
 HOST = "bench.bench.local"
@@ -110,7 +110,7 @@ def main(
     names: images.ImageNames, duration: float = 10.0, out: Callable[[str], None] = print
 ) -> None:
     client = images.client()
-    consul_image = images.ensure_consul_image(client, images.ensure_debian_base(client))
+    consul_image = local_images.ensure_consul_image(client, local_images.ensure_debian_base(client))
     net = client.networks.create(f"consul-lb-tls-{uuid.uuid4().hex[:6]}")
     containers: list[Any] = []
     scratch = tempfile.TemporaryDirectory(prefix="consul-lb-bench-tls-")

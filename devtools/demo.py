@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from devtools import images
+from devtools import images, local_images
 from devtools.progress import Progress
 
 COMPOSE_FILE = Path(__file__).resolve().parent.parent / "deploy" / "demo" / "compose.yaml"
@@ -50,7 +50,7 @@ def up(names: images.ImageNames, consul: str, consul_image: str, steps: Progress
 
 def down(names: images.ImageNames, steps: Progress) -> None:
     """Remove the stack. Nothing is pulled or built: compose takes the images as names."""
-    consul_image = os.environ.get("CONSUL_IMAGE", images.LOCAL_CONSUL)
+    consul_image = os.environ.get("CONSUL_IMAGE", local_images.LOCAL_CONSUL)
     with steps.step("stopping the demo stack") as step:
         command = [*COMPOSE, "--profile", "embedded-consul", "down", "--remove-orphans"]
         step.run([*command, "--timeout", "5"], env=_env(names, "", consul_image))

@@ -19,7 +19,7 @@ import docker
 import docker.errors
 import requests
 
-from devtools import images
+from devtools import images, local_images
 from devtools.bench_scale.catalog import DOMAIN, ENABLE, INSTANCES, PROBE, port_of, service_name
 from devtools.bench_scale.http_probe import Addr, backend_of, get, parse_metrics
 from devtools.bench_scale.results import Row
@@ -97,9 +97,9 @@ class Bench:
     def start(self) -> None:
         self.network = self.client.networks.create(self.prefix, driver="bridge")
         consul = self.run(
-            images.present_consul_image(self.client),
+            local_images.present_consul_image(self.client),
             "consul",
-            command=images.consul_dev_command(),
+            command=local_images.consul_dev_command(),
             ports={"8500/tcp": ("127.0.0.1", None)},
         )
         self.consul_ip = images.container_ip(consul, self.network.name)

@@ -36,7 +36,7 @@ import docker
 import pytest
 import requests
 
-from devtools import images, pebble
+from devtools import images, local_images, pebble
 from tests.integration.conftest import image_names, require_images, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -179,8 +179,10 @@ def fleet_stack() -> Iterator[Fleet]:
     names = image_names()
     require_images(client, names.ref("haproxy"), names.ref("consul-template"))
     try:
-        consul_image = images.present_consul_image(client)
-        pebble_image = images.ensure_pebble_image(client, images.ensure_debian_base(client))
+        consul_image = local_images.present_consul_image(client)
+        pebble_image = local_images.ensure_pebble_image(
+            client, local_images.ensure_debian_base(client)
+        )
     except images.ImageError as exc:
         pytest.fail(str(exc))
     suffix = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -195,7 +197,7 @@ def fleet_stack() -> Iterator[Fleet]:
         common = {"network": network.name, "detach": True, "labels": {LABEL: network.name}}
         consul = client.containers.run(
             consul_image,
-            command=images.consul_dev_command(),
+            command=local_images.consul_dev_command(),
             name=f"{network.name}-consul",
             networking_config={network.name: client.api.create_endpoint_config(aliases=["consul"])},
             ports={"8500/tcp": ("127.0.0.1", None)},

@@ -17,7 +17,7 @@ import requests
 import websockets
 from pytest_docker.plugin import Services
 
-from devtools import images
+from devtools import images, local_images
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -51,8 +51,8 @@ def docker_compose_file() -> str:
     os.environ["WEBSOCKETS_PACKAGE"] = str(Path(websockets.__file__).parent)
     os.environ["HAPROXY_IMAGE"] = names.ref("haproxy")
     os.environ["BACKEND_IMAGE"] = names.ref("consul-template")
-    os.environ["CONSUL_IMAGE"] = images.ensure_consul_image(
-        client, images.ensure_debian_base(client)
+    os.environ["CONSUL_IMAGE"] = local_images.ensure_consul_image(
+        client, local_images.ensure_debian_base(client)
     )
     return str(HERE / "compose.yaml")
 

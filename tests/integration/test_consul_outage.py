@@ -31,14 +31,14 @@ import docker.errors
 import pytest
 import requests
 
-from devtools import images
+from devtools import images, local_images
 from tests.integration.conftest import image_names, require_images, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 DOMAIN = "test.local"
 OUTAGE_SECONDS = 30
 ENABLE = "HAPROXY.ENABLE=true"
-CONSUL_COMMAND = images.consul_dev_command("-config-dir=/consul/config")
+CONSUL_COMMAND = local_images.consul_dev_command("-config-dir=/consul/config")
 
 
 @dataclass
@@ -72,7 +72,7 @@ def outage() -> Iterator[OutageStack]:
     names = image_names()
     require_images(client, names.ref("haproxy"), names.ref("consul-template"))
     try:
-        consul_image = images.present_consul_image(client)
+        consul_image = local_images.present_consul_image(client)
     except images.ImageError as exc:
         pytest.fail(str(exc))
     suffix = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import docker
 import pytest
 
-from devtools import images, mirrors, progress
+from devtools import images, local_images, mirrors, progress
 from tests.integration.conftest import image_names, require_images
 
 pytestmark = pytest.mark.integration
@@ -64,11 +64,11 @@ def test_debian_mirror_reaches_the_base_and_the_consul_image(
     steps = progress.Progress.from_env()
 
     with steps.step(f"bootstrapping {base_ref}") as step:
-        images.bootstrap_base(client, base_ref, step)
+        local_images.bootstrap_base(client, base_ref, step)
     assert f"deb {mirror} trixie main\n" in cat(client, base_ref, "/etc/apt/sources.list")
 
     with steps.step(f"building {consul_ref}") as step:
-        images.build_consul_image(client, consul_ref, base_ref, step)
+        local_images.build_consul_image(client, consul_ref, base_ref, step)
     sources = cat(client, consul_ref, "/etc/apt/sources.list.d/debian.sources")
     assert f"URIs: {mirror}\nSuites: trixie trixie-updates bullseye\n" in sources
     if security:

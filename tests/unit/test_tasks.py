@@ -15,7 +15,7 @@ from invoke.collection import Collection
 from invoke.program import Program
 
 import tasks
-from devtools import images, marathon, progress
+from devtools import images, local_images, marathon, progress
 
 README = Path(tasks.__file__).resolve().parent / "README.md"
 MARATHON_DOC = README.parent / "docs" / "marathon.md"
@@ -144,8 +144,10 @@ def test_demo_down_neither_pulls_nor_builds(monkeypatch: pytest.MonkeyPatch) -> 
     def forbidden(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("demo --down must not pull or build")
 
-    for name in ("client", "ensure_debian_base", "ensure_consul_image", "build_all", "try_pull"):
+    for name in ("client", "build_all", "try_pull"):
         monkeypatch.setattr(images, name, forbidden)
+    for name in ("ensure_debian_base", "ensure_consul_image"):
+        monkeypatch.setattr(local_images, name, forbidden)
     commands: list[list[str]] = []
     monkeypatch.setattr(progress.Step, "run", lambda self, cmd, env=None: commands.append(cmd))
     assert invoke("demo", "--down") == 0
