@@ -24,6 +24,8 @@ class Report:
         self.runner = runner
 
     def state(self) -> dict[str, Any]:
+        """What state.json and ``/_consul_lb/state`` show (JSON-serialisable; times are
+        Unix seconds). Keys are listed in the README's "Observability" section."""
         r = self.runner
         state: dict[str, Any] = dict(r.applier.state())
         state["waiting"] = (
@@ -53,6 +55,7 @@ class Report:
         return state
 
     def figures(self) -> Figures:
+        """A snapshot for one /metrics scrape."""
         r = self.runner
         lb = r.applier.applied
         backends = lb.backends if lb else ()
