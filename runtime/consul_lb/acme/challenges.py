@@ -23,7 +23,7 @@ import time
 
 from consul_lb.acme.store import Store
 from consul_lb.consul.client import ConsulClient, ConsulError, ConsulHTTPError, Response
-from consul_lb.consul.watch import BlockingQuery, Outage, WatchStatus, WatchTiming
+from consul_lb.consul.watch import BlockingQuery, Outage, Watched, WatchTiming
 from consul_lb.tls.sources import decode_entries
 
 PATH_PREFIX = "/.well-known/acme-challenge/"
@@ -39,7 +39,7 @@ def valid(token: str, key_authorization: str) -> bool:
     return m is not None and m.group(1) == token
 
 
-class Challenges:
+class Challenges(Watched):
     def __init__(
         self,
         client: ConsulClient,
@@ -57,16 +57,6 @@ class Challenges:
         self.query = BlockingQuery(
             "acme-challenges", self._fetch, self._on_data, timing or WatchTiming(), outage
         )
-
-    @property
-    def status(self) -> WatchStatus:
-        return self.query.status
-
-    def start(self) -> None:
-        self.query.start()
-
-    def stop(self) -> None:
-        self.query.stop()
 
     def answer(self, token: str) -> str | None:
         """The key authorization for ``token``, or None (404)."""

@@ -190,3 +190,20 @@ class BlockingQuery:
             # Consul documents index 0 as invalid for blocking; clamp to 1.
             index = max(response.index, 1)
             self.stopped.wait(self.timing.floor * random.uniform(1.0, 2.0))
+
+
+class Watched:
+    """Something kept current by one BlockingQuery (``self.query``, set by the subclass):
+    started, stopped and reported as that query."""
+
+    query: BlockingQuery
+
+    @property
+    def status(self) -> WatchStatus:
+        return self.query.status
+
+    def start(self) -> None:
+        self.query.start()
+
+    def stop(self) -> None:
+        self.query.stop()

@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import quote
 
 from consul_lb.consul.client import ConsulClient, ConsulHTTPError, Response
-from consul_lb.consul.watch import BlockingQuery, Outage, WatchStatus, WatchTiming
+from consul_lb.consul.watch import BlockingQuery, Outage, Watched, WatchTiming
 from consul_lb.tls.bundle import MAX_BUNDLE
 from consul_lb.tls.certs import Raw
 
@@ -131,7 +131,7 @@ def decode_entries(entries: Any, prefix: str) -> dict[str, Raw]:
     return found
 
 
-class KVSource:
+class KVSource(Watched):
     def __init__(
         self,
         client: ConsulClient,
@@ -149,16 +149,6 @@ class KVSource:
         self.query = BlockingQuery(
             f"tls-kv:{prefix}", self._fetch, self._on_data, timing or WatchTiming(), outage
         )
-
-    @property
-    def status(self) -> WatchStatus:
-        return self.query.status
-
-    def start(self) -> None:
-        self.query.start()
-
-    def stop(self) -> None:
-        self.query.stop()
 
     def snapshot(self) -> dict[str, Raw]:
         with self.lock:
