@@ -70,7 +70,10 @@ def test_a_renewal_replaces_it_on_both_without_reload_and_without_a_failed_reque
 ) -> None:
     def settled() -> tuple[str, dict[str, Any]] | None:
         """The certificate both serve, when its renewal is 10 s away or more (so that the
-        load below starts on it)."""
+        load below starts on it), and once the reload that bound https is counted on both
+        (a seamless reload's worker answers before its apply ends)."""
+        if not all(lb.state()["tls"]["https_bound"] for lb in fleet.lbs.values()):
+            return None
         found = everywhere(fleet, "www.acme.test")
         (cert,) = fleet.lbs["lb-a"].state()["acme"]["certificates"]
         if found is None or cert["sha256"] != found or cert["next_renewal"] < time.time() + 10:

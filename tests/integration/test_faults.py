@@ -26,7 +26,7 @@ def test_a_moved_instance_in_a_reloading_batch_serves_on_its_new_port(stack: Sta
     )
     stack.register("mover-1", "mover", "web-1", [ENABLE])
     wait_until(lambda: stack.backend_of(host) == "web-1", what="mover on port 8000")
-    reloads = stack.state()["reloads"]
+    reloads = stack.settled("mover")["reloads"]
     # One batch: the instance moves to 8001 under the same ID, and a new service comes
     # (structural: a reload).
     stack.register("mover-1", "mover", "web-1", [ENABLE], port=8001)

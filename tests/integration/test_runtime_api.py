@@ -37,7 +37,7 @@ def test_instance_churn_needs_no_reload_and_loses_no_request(stack: Stack) -> No
         stack.ttl(sid, "pass")
     wait_until(lambda: stack.backend_of(host), what="pool routed")
     wait_until(lambda: len(server_stats(stack, host)) == 3, what="3 servers")
-    before = stack.state()
+    before = stack.settled("pool")
     active = set(ids[:3])
     failing: set[str] = set()
     load = start_load(stack, "haproxy", host, "close", 4)
@@ -89,7 +89,7 @@ def test_long_request_to_a_deregistered_instance_completes(stack: Stack) -> None
     host = f"stream.{DOMAIN}"
     stack.register("stream-1", "stream", "web-1", [ENABLE])
     wait_until(lambda: stack.backend_of(host) == "web-1", what="stream routed")
-    before = stack.state()
+    before = stack.settled("stream")
     body: list[bytes] = []
 
     def stream() -> None:

@@ -213,7 +213,8 @@ def test_rotation_addition_and_removal_under_load_without_a_reload(tls: Tls, sta
     wait_until(lambda: serves(tls, "rot.test.local", first), what="the first certificate")
     wait_until(lambda: serves(tls, "gone.test.local", gone), what="gone.pem")
     tls.answer("rot.test.local")
-    pid, reloads = tls.worker(), stack.state()["reloads"]
+    reloads = stack.settled("rot")["reloads"]
+    pid = tls.worker()
     delays = []
     with Load(tls, "rot.test.local") as load:
         for _ in range(3):
