@@ -201,10 +201,11 @@ def test_haproxy_answers_through_a_consul_outage_and_follows_after(outage: Outag
         registered = time.monotonic()
         # Within the watches' retry backoff (at most 10 s) plus the render wait: a watch
         # that failed starts again without an index, so it never waits a full blocking
-        # wait (60 s) on an index the restarted Consul has forgotten.
+        # wait (60 s) on an index the restarted Consul has forgotten. 30 s: the backoff, the
+        # render wait and a restarted agent on 2 shared cores; still half the stale wait.
         try:
             wait_until(
-                lambda: outage.routed(late), timeout=15, what="late routed after the restart"
+                lambda: outage.routed(late), timeout=30, what="late routed after the restart"
             )
         except BaseException:
             print(outage.logs()[-6000:])
